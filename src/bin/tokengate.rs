@@ -1,0 +1,244 @@
+//! The tokengate CLI: check a configuration offline with the filter's own code, mint
+//! development tokens, generate development keys.
+
+use serde_json::{json, Map, Value};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokengate::alg::Alg;
+use tokengate::config::Config;
+use tokengate::sign::{generate_jwk, SigningKey};
+
+const USAGE: &str = "\
+usage:
+  tokengate check CONFIG.json           validate a filter configuration (- for stdin)
+  tokengate token --key KEY.jwk [--iss ISS] [--sub SUB] [--aud AUD]... [--exp-in 1h]
+                  [--nbf-in 0s] [--no-exp] [--typ TYP] [--claim NAME=VALUE]...
+                                        mint a token (VALUE is JSON if it parses, else a string;
+                                        NAME may be a dotted path: realm_access.roles='[\"a\"]')
+  tokengate keygen [--alg RS256|PS256|ES256|ES384|EdDSA|HS256] [--kid KID] [--out DIR]
+                                        write DIR/KID.jwk (private) and add its public half
+                                        to DIR/jwks.json
+  tokengate version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("check") => check(args.get(1..).unwrap_or_default()),
+        Some("token") => token(args.get(1..).unwrap_or_default()),
+        Some("keygen") => keygen(args.get(1..).unwrap_or_default()),
+        Some("version" | "--version") => {
+            println!("tokengate {}", tokengate::VERSION);
+            Ok(())
+        }
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_input(path: &str) -> Result<Vec<u8>, String> {
+    if path == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map_err(|e| format!("stdin: {e}"))?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
+fn check(args: &[String]) -> Result<(), String> {
+    let [path] = args else {
+        return Err(USAGE.to_owned());
+    };
+    let bytes = read_input(path)?;
+    match Config::from_json(&bytes) {
+        Ok(config) => {
+            println!(
+                "{path}: ok ({} provider(s), {} rule(s))",
+                config.providers.len(),
+                config.rules.len()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`, `2d`, with an optional leading `-`.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (number, unit) = match digits.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => digits.split_at(i),
+        None => (digits, "s"),
+    };
+    let number: i64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration unit in {text:?} (s, m, h or d)")),
+    };
+    Ok(if negative { -number * scale } else { number * scale })
+}
+
+/// Sets `value` at a dotted `path` inside `claims`, creating objects on the way.
+fn set_claim(claims: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().filter(|p| !p.is_empty()).ok_or_else(|| format!("bad claim name {path:?}"))?;
+    let mut object = claims;
+    for part in parts {
+        let entry = object.entry(part.to_owned()).or_insert_with(|| json!({}));
+        object = entry.as_object_mut().ok_or_else(|| format!("{part:?} in {path:?} is not an object"))?;
+    }
+    object.insert(last.to_owned(), value);
+    Ok(())
+}
+
+fn value_of<'a>(args: &'a [String], i: usize, flag: &str) -> Result<&'a str, String> {
+    args.get(i + 1).map(String::as_str).ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn token(args: &[String]) -> Result<(), String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs() as i64;
+    let mut key_path = None;
+    let mut claims = Map::new();
+    let mut audiences: Vec<String> = Vec::new();
+    let mut exp_in = Some(3600);
+    let mut typ = None;
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args.get(i).map(String::as_str).unwrap_or_default();
+        match flag {
+            "--no-exp" => {
+                exp_in = None;
+                i += 1;
+                continue;
+            }
+            "--key" => key_path = Some(value_of(args, i, flag)?.to_owned()),
+            "--iss" => set_claim(&mut claims, "iss", json!(value_of(args, i, flag)?))?,
+            "--sub" => set_claim(&mut claims, "sub", json!(value_of(args, i, flag)?))?,
+            "--aud" => audiences.push(value_of(args, i, flag)?.to_owned()),
+            "--exp-in" => exp_in = Some(parse_duration(value_of(args, i, flag)?)?),
+            "--nbf-in" => set_claim(&mut claims, "nbf", json!(now + parse_duration(value_of(args, i, flag)?)?))?,
+            "--typ" => typ = Some(value_of(args, i, flag)?.to_owned()),
+            "--claim" => {
+                let pair = value_of(args, i, flag)?;
+                let (name, raw) = pair.split_once('=').ok_or_else(|| format!("--claim {pair:?}: expected NAME=VALUE"))?;
+                let value = serde_json::from_str(raw).unwrap_or_else(|_| json!(raw));
+                set_claim(&mut claims, name, value)?;
+            }
+            _ => return Err(format!("unknown option {flag:?}\n{USAGE}")),
+        }
+        i += 2;
+    }
+    let key_path = key_path.ok_or("--key is required")?;
+    let jwk: Value = serde_json::from_slice(&read_input(&key_path)?).map_err(|e| format!("{key_path}: {e}"))?;
+    let key = SigningKey::from_jwk(&jwk).map_err(|e| format!("{key_path}: {e}"))?;
+    match audiences.as_slice() {
+        [] => {}
+        [one] => set_claim(&mut claims, "aud", json!(one))?,
+        many => set_claim(&mut claims, "aud", json!(many))?,
+    }
+    set_claim(&mut claims, "iat", json!(now))?;
+    if let Some(exp_in) = exp_in {
+        set_claim(&mut claims, "exp", json!(now + exp_in))?;
+    }
+    let mut header = json!({"alg": key.alg.name(), "typ": typ.as_deref().unwrap_or("JWT")});
+    if let (Some(kid), Some(obj)) = (&key.kid, header.as_object_mut()) {
+        obj.insert("kid".into(), json!(kid));
+    }
+    println!("{}", key.sign_with_header(&header, &Value::Object(claims))?);
+    Ok(())
+}
+
+fn keygen(args: &[String]) -> Result<(), String> {
+    let mut alg = Alg::RS256;
+    let mut kid = None;
+    let mut out = ".".to_owned();
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args.get(i).map(String::as_str).unwrap_or_default();
+        let value = value_of(args, i, flag)?;
+        match flag {
+            "--alg" => alg = Alg::from_name(value).ok_or_else(|| format!("unsupported --alg {value:?}"))?,
+            "--kid" => kid = Some(value.to_owned()),
+            "--out" => out = value.to_owned(),
+            _ => return Err(format!("unknown option {flag:?}\n{USAGE}")),
+        }
+        i += 2;
+    }
+    let kid = kid.unwrap_or_else(|| format!("dev-{}", alg.name().to_ascii_lowercase()));
+    let jwk = generate_jwk(alg, &kid)?;
+    let public = SigningKey::from_jwk(&jwk)?.public_jwk();
+    std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
+    let key_path = format!("{out}/{kid}.jwk");
+    write_private(&key_path, &serde_json::to_string_pretty(&jwk).map_err(|e| e.to_string())?)?;
+
+    // Add to (or replace in) the directory's public key set.
+    let jwks_path = format!("{out}/jwks.json");
+    let mut keys: Vec<Value> = std::fs::read(&jwks_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("keys").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    keys.retain(|k| k.get("kid").and_then(Value::as_str) != Some(kid.as_str()));
+    keys.push(public);
+    let jwks = serde_json::to_string_pretty(&json!({ "keys": keys })).map_err(|e| e.to_string())?;
+    std::fs::write(&jwks_path, jwks + "\n").map_err(|e| format!("{jwks_path}: {e}"))?;
+    println!("private key: {key_path}\npublic JWKS: {jwks_path}");
+    Ok(())
+}
+
+fn write_private(path: &str, contents: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_signs() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        assert_eq!(parse_duration("-2d").unwrap(), -172800);
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn dotted_claims_build_nested_objects() {
+        let mut claims = Map::new();
+        set_claim(&mut claims, "realm_access.roles", json!(["a"])).unwrap();
+        set_claim(&mut claims, "realm_access.x", json!(1)).unwrap();
+        assert_eq!(Value::Object(claims), json!({"realm_access": {"roles": ["a"], "x": 1}}));
+    }
+}

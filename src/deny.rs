@@ -1,0 +1,86 @@
+//! The only place a refusal becomes an HTTP response: status, `WWW-Authenticate`
+//! (RFC 6750 §3) and a JSON body. Descriptions come from fixed strings, never from
+//! the request, so a token can't end up in a response.
+
+use crate::error::{AuthnError, Refusal};
+
+/// A response the filter sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub status: u32,
+    pub www_authenticate: Option<String>,
+    pub body: String,
+}
+
+impl Deny {
+    pub fn for_refusal(refusal: Refusal, realm: &str) -> Deny {
+        match refusal {
+            Refusal::Authn(AuthnError::Missing) => Deny {
+                status: 401,
+                www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
+                body: body("unauthorized", AuthnError::Missing.description()),
+            },
+            Refusal::Authn(AuthnError::KeysUnavailable) => Deny {
+                status: 503,
+                www_authenticate: None,
+                body: body("temporarily_unavailable", AuthnError::KeysUnavailable.description()),
+            },
+            Refusal::Authn(e) => Deny {
+                status: 401,
+                www_authenticate: Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.description()
+                )),
+                body: body("invalid_token", e.description()),
+            },
+            Refusal::NoRuleMatched => Deny {
+                status: 403,
+                www_authenticate: None,
+                body: body("forbidden", "no rule matches this request"),
+            },
+        }
+    }
+}
+
+fn body(error: &str, description: &str) -> String {
+    serde_json::json!({ "error": error, "error_description": description }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_challenge_has_no_error_code() {
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::Missing), "api");
+        assert_eq!(deny.status, 401);
+        assert_eq!(deny.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
+    }
+
+    #[test]
+    fn audience_mismatch_is_invalid_token() {
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::AudienceNotAllowed), "api");
+        assert_eq!(deny.status, 401);
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"audience not allowed\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&deny.body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "audience not allowed");
+    }
+
+    #[test]
+    fn keys_unavailable_is_503_without_challenge() {
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::KeysUnavailable), "api");
+        assert_eq!(deny.status, 503);
+        assert_eq!(deny.www_authenticate, None);
+    }
+
+    #[test]
+    fn no_rule_is_403_without_challenge() {
+        let deny = Deny::for_refusal(Refusal::NoRuleMatched, "api");
+        assert_eq!(deny.status, 403);
+        assert_eq!(deny.www_authenticate, None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Why a request was refused. One variant per reason; `reason()` names the stat,
+//! `description()` is the short text clients see. Neither ever holds the token.
+
+/// Why authentication failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthnError {
+    /// No token in any configured source.
+    Missing,
+    /// Longer than the provider's `max_token_bytes`; nothing was decoded.
+    TooLong,
+    /// Not three strict base64url parts, or a part is not the JSON it must be.
+    Malformed,
+    /// The header names an algorithm that is not allowed (or `none`, or one the key can't use).
+    AlgNotAllowed,
+    /// The header carries `crit`: no extension is understood, so the token is refused.
+    CritUnsupported,
+    /// `token_types` is set and the header's `typ` is not in it.
+    TokenTypeNotAllowed,
+    /// No configured key has the token's `kid` (or, without `kid`, fits the algorithm).
+    UnknownKid,
+    /// The signature does not verify with the selected key.
+    BadSignature,
+    /// `exp` has passed (beyond the clock skew).
+    Expired,
+    /// `nbf` is in the future (beyond the clock skew).
+    NotYetValid,
+    /// `require_exp` is set and the token has no `exp`.
+    MissingExp,
+    /// `iss` is missing or is not the provider's issuer.
+    IssuerNotAllowed,
+    /// `aud` holds none of the configured audiences.
+    AudienceNotAllowed,
+    /// No usable key set yet (first fetch pending or failed).
+    KeysUnavailable,
+}
+
+impl AuthnError {
+    /// The stat suffix: `tokengate.denied.<reason>`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthnError::Missing => "missing",
+            AuthnError::TooLong => "too_long",
+            AuthnError::Malformed => "malformed",
+            AuthnError::AlgNotAllowed => "alg_not_allowed",
+            AuthnError::CritUnsupported => "crit",
+            AuthnError::TokenTypeNotAllowed => "token_type",
+            AuthnError::UnknownKid => "unknown_kid",
+            AuthnError::BadSignature => "bad_signature",
+            AuthnError::Expired => "expired",
+            AuthnError::NotYetValid => "not_yet_valid",
+            AuthnError::MissingExp => "missing_exp",
+            AuthnError::IssuerNotAllowed => "issuer",
+            AuthnError::AudienceNotAllowed => "audience",
+            AuthnError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The `error_description` clients see.
+    pub fn description(self) -> &'static str {
+        match self {
+            AuthnError::Missing => "bearer token required",
+            AuthnError::TooLong => "token too long",
+            AuthnError::Malformed => "malformed token",
+            AuthnError::AlgNotAllowed => "algorithm not allowed",
+            AuthnError::CritUnsupported => "critical header not supported",
+            AuthnError::TokenTypeNotAllowed => "token type not allowed",
+            AuthnError::UnknownKid => "unknown signing key",
+            AuthnError::BadSignature => "invalid signature",
+            AuthnError::Expired => "token expired",
+            AuthnError::NotYetValid => "token not yet valid",
+            AuthnError::MissingExp => "token has no expiry",
+            AuthnError::IssuerNotAllowed => "issuer not allowed",
+            AuthnError::AudienceNotAllowed => "audience not allowed",
+            AuthnError::KeysUnavailable => "signing keys unavailable",
+        }
+    }
+
+    /// How much a failure says about the token being meant for this provider, used to
+    /// pick the error to report when several providers all refuse: a token that got as
+    /// far as its signature says more than one whose issuer did not match.
+    pub fn specificity(self) -> u8 {
+        match self {
+            AuthnError::Missing => 0,
+            AuthnError::IssuerNotAllowed => 1,
+            AuthnError::UnknownKid | AuthnError::AlgNotAllowed => 2,
+            AuthnError::KeysUnavailable => 4,
+            _ => 3,
+        }
+    }
+}
+
+/// Why a request was refused after, or instead of, authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Authentication failed.
+    Authn(AuthnError),
+    /// No rule matches the request.
+    NoRuleMatched,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Authn(e) => e.reason(),
+            Refusal::NoRuleMatched => "no_rule",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_stat_safe_identifiers() {
+        let all = [
+            AuthnError::Missing,
+            AuthnError::TooLong,
+            AuthnError::Malformed,
+            AuthnError::AlgNotAllowed,
+            AuthnError::CritUnsupported,
+            AuthnError::TokenTypeNotAllowed,
+            AuthnError::UnknownKid,
+            AuthnError::BadSignature,
+            AuthnError::Expired,
+            AuthnError::NotYetValid,
+            AuthnError::MissingExp,
+            AuthnError::IssuerNotAllowed,
+            AuthnError::AudienceNotAllowed,
+            AuthnError::KeysUnavailable,
+        ];
+        for e in all {
+            assert!(e.reason().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(!e.description().contains('"'));
+        }
+    }
+}

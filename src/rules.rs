@@ -1,0 +1,203 @@
+//! Rules: which requests need which authentication. First match wins.
+
+use crate::extract::Request;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleAction {
+    /// No authentication; identity headers are still stripped.
+    Anonymous,
+    /// Authenticate with providers (indexes into `Config::providers`).
+    Authn { requirement: AuthnRequirement, optional: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthnRequirement {
+    Any(Vec<usize>),
+    All(Vec<usize>),
+}
+
+impl AuthnRequirement {
+    pub fn providers(&self) -> &[usize] {
+        match self {
+            AuthnRequirement::Any(p) | AuthnRequirement::All(p) => p,
+        }
+    }
+}
+
+/// An empty matcher matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matcher {
+    pub path: Option<PathMatch>,
+    /// Uppercase.
+    pub methods: Option<Vec<String>>,
+    /// Lowercase.
+    pub host: Option<String>,
+    pub headers: Vec<(String, HeaderMatch)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// A plain string prefix, as in Envoy's route match.
+    Prefix(String),
+    Template(Vec<Segment>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// `{name}`: one non-empty path segment.
+    Param(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    Present(bool),
+    Equals(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Parses `/users/{id}/orders`.
+    pub fn template(template: &str) -> Option<PathMatch> {
+        let rest = template.strip_prefix('/')?;
+        let segments = rest
+            .split('/')
+            .map(|segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    Some(Segment::Param(name.to_owned()))
+                }
+                Some(_) => None,
+                None if segment.contains(['{', '}']) => None,
+                None => Some(Segment::Literal(segment.to_owned())),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PathMatch::Template(segments))
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Template(segments) => {
+                let Some(rest) = path.strip_prefix('/') else { return false };
+                let mut parts = rest.split('/');
+                segments.iter().all(|segment| match (segment, parts.next()) {
+                    (Segment::Literal(lit), Some(part)) => part == lit,
+                    (Segment::Param(_), Some(part)) => !part.is_empty(),
+                    (_, None) => false,
+                }) && parts.next().is_none()
+            }
+        }
+    }
+}
+
+impl Matcher {
+    pub fn matches(&self, request: &Request) -> bool {
+        if let Some(path) = &self.path {
+            if !path.matches(request.path_only()) {
+                return false;
+            }
+        }
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m.eq_ignore_ascii_case(&request.method)) {
+                return false;
+            }
+        }
+        if let Some(host) = &self.host {
+            if !host_matches(host, &request.host) {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, m)| {
+            let value = request.header(name);
+            match m {
+                HeaderMatch::Present(want) => value.is_some() == *want,
+                HeaderMatch::Equals(expected) => value == Some(expected.as_str()),
+                HeaderMatch::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_str())),
+            }
+        })
+    }
+}
+
+/// Hosts compare case-insensitively; a rule without a port ignores the request's port.
+fn host_matches(rule: &str, authority: &str) -> bool {
+    if authority.eq_ignore_ascii_case(rule) {
+        return true;
+    }
+    !rule.contains(':')
+        && authority
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| port.bytes().all(|b| b.is_ascii_digit()) && host.eq_ignore_ascii_case(rule))
+}
+
+/// The first rule whose matcher matches.
+pub fn first_match<'a>(rules: &'a [Rule], request: &Request) -> Option<&'a Rule> {
+    rules.iter().find(|rule| rule.matcher.matches(request))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, path: &str, host: &str) -> Request {
+        Request { method: method.into(), path: path.into(), host: host.into(), headers: vec![("x-tenant".into(), "acme".into())] }
+    }
+
+    #[test]
+    fn empty_matcher_matches_everything() {
+        assert!(Matcher::default().matches(&request("DELETE", "/anything?x=1", "h")));
+    }
+
+    #[test]
+    fn prefix_ignores_the_query_string() {
+        let m = Matcher { path: Some(PathMatch::Prefix("/healthz".into())), ..Matcher::default() };
+        assert!(m.matches(&request("GET", "/healthz?verbose=1", "h")));
+        assert!(!m.matches(&request("GET", "/api?next=/healthz", "h")));
+    }
+
+    #[test]
+    fn exact_path_must_be_whole() {
+        let m = Matcher { path: Some(PathMatch::Exact("/a".into())), ..Matcher::default() };
+        assert!(m.matches(&request("GET", "/a?q", "h")));
+        assert!(!m.matches(&request("GET", "/a/", "h")));
+    }
+
+    #[test]
+    fn template_matches_one_segment_per_parameter() {
+        let m = Matcher { path: PathMatch::template("/users/{id}/orders"), ..Matcher::default() };
+        assert!(m.matches(&request("GET", "/users/42/orders", "h")));
+        assert!(!m.matches(&request("GET", "/users//orders", "h")));
+        assert!(!m.matches(&request("GET", "/users/42/orders/7", "h")));
+        assert!(!m.matches(&request("GET", "/users/42", "h")));
+    }
+
+    #[test]
+    fn malformed_templates_are_refused() {
+        assert!(PathMatch::template("users/{id}").is_none());
+        assert!(PathMatch::template("/users/{}").is_none());
+        assert!(PathMatch::template("/users/x{id}").is_none());
+    }
+
+    #[test]
+    fn methods_and_host_and_headers_must_all_match() {
+        let m = Matcher {
+            path: None,
+            methods: Some(vec!["GET".into()]),
+            host: Some("api.example.com".into()),
+            headers: vec![("x-tenant".into(), HeaderMatch::Equals("acme".into()))],
+        };
+        assert!(m.matches(&request("GET", "/", "API.example.com:8443")));
+        assert!(!m.matches(&request("POST", "/", "api.example.com")));
+        assert!(!m.matches(&request("GET", "/", "other.example.com")));
+        let absent = Matcher { headers: vec![("x-other".into(), HeaderMatch::Present(false))], ..Matcher::default() };
+        assert!(absent.matches(&request("GET", "/", "h")));
+    }
+}
