@@ -122,8 +122,15 @@ mod tests {
 
     fn entry(exp: i64) -> Entry {
         Entry {
-            lifetime: Lifetime { exp: Some(exp), nbf: None },
-            identity: Rc::new(Identity { provider: 0, headers: vec![], claims: Rc::new(Map::new()) }),
+            lifetime: Lifetime {
+                exp: Some(exp),
+                nbf: None,
+            },
+            identity: Rc::new(Identity {
+                provider: 0,
+                headers: vec![],
+                claims: Rc::new(Map::new()),
+            }),
         }
     }
 
@@ -133,7 +140,10 @@ mod tests {
         cache.insert(0, "a.b.c", entry(100), 0);
         assert!(cache.get(0, "a.b.c").is_some());
         assert!(cache.get(0, "a.b.d").is_none());
-        assert!(cache.get(1, "a.b.c").is_none(), "another provider's verification does not count");
+        assert!(
+            cache.get(1, "a.b.c").is_none(),
+            "another provider's verification does not count"
+        );
     }
 
     #[test]

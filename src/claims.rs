@@ -18,7 +18,9 @@ impl ClaimPath {
     /// The value at this path, if every step is an object member.
     pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.0.split_first()?;
-        rest.iter().try_fold(claims.get(first)?, |value, step| value.as_object()?.get(step))
+        rest.iter().try_fold(claims.get(first)?, |value, step| {
+            value.as_object()?.get(step)
+        })
     }
 }
 
@@ -46,7 +48,11 @@ impl Forward {
     }
 
     /// The identity headers for a verified token, computed once per verification.
-    pub fn identity_headers(&self, claims: &Map<String, Value>, payload_segment: &str) -> Vec<(String, String)> {
+    pub fn identity_headers(
+        &self,
+        claims: &Map<String, Value>,
+        payload_segment: &str,
+    ) -> Vec<(String, String)> {
         let mut headers = Vec::with_capacity(self.claims.len() + 1);
         if let Some(name) = &self.payload_header {
             headers.push((name.clone(), payload_segment.to_owned()));
@@ -79,7 +85,9 @@ pub fn encode_claim(value: &Value) -> Option<String> {
 
 /// RFC 9110 §5.5: no control characters other than horizontal tab.
 fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -106,7 +114,10 @@ mod tests {
     }
 
     fn encoded(path: &str) -> Option<String> {
-        ClaimPath::parse(path).unwrap().lookup(&claims()).and_then(encode_claim)
+        ClaimPath::parse(path)
+            .unwrap()
+            .lookup(&claims())
+            .and_then(encode_claim)
     }
 
     #[test]
@@ -163,7 +174,10 @@ mod tests {
         assert_eq!(
             headers,
             vec![
-                ("x-jwt-payload".to_string(), "eyJzdWIiOiJhbGljZSJ9".to_string()),
+                (
+                    "x-jwt-payload".to_string(),
+                    "eyJzdWIiOiJhbGljZSJ9".to_string()
+                ),
                 ("x-user".to_string(), "alice".to_string())
             ]
         );

@@ -7,7 +7,7 @@ use crate::claims::{ClaimPath, Forward};
 use crate::extract::Source;
 use crate::jwks::KeySet;
 use crate::jwt::{normalize_token_type, Policy};
-use crate::rules::{AuthnRequirement, Matcher, PathMatch, HeaderMatch, Rule, RuleAction};
+use crate::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -22,7 +22,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -235,14 +238,27 @@ pub fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
 /// Second phase: validate and compile the raw document.
 pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let realm = raw.realm.unwrap_or_else(|| DEFAULT_REALM.to_owned());
-    if realm.is_empty() || !realm.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-        return Err(ConfigError::new("realm", "must be non-empty printable ASCII without quotes or backslashes"));
+    if realm.is_empty()
+        || !realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err(ConfigError::new(
+            "realm",
+            "must be non-empty printable ASCII without quotes or backslashes",
+        ));
     }
     if !raw.exchanges.is_empty() {
-        return Err(ConfigError::new("exchanges", "not supported by this version of tokengate"));
+        return Err(ConfigError::new(
+            "exchanges",
+            "not supported by this version of tokengate",
+        ));
     }
     if raw.authz_service.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ConfigError::new("authz_service", "not supported by this version of tokengate"));
+        return Err(ConfigError::new(
+            "authz_service",
+            "not supported by this version of tokengate",
+        ));
     }
     let mut providers = Vec::new();
     for (name, raw_provider) in raw.providers {
@@ -250,7 +266,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let rules = if raw.rules.is_empty() {
         if providers.is_empty() {
-            return Err(ConfigError::new("providers", "at least one provider is needed when no rules are given"));
+            return Err(ConfigError::new(
+                "providers",
+                "at least one provider is needed when no rules are given",
+            ));
         }
         vec![Rule {
             name: "default".into(),
@@ -273,20 +292,31 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .collect();
     identity_headers.sort();
     identity_headers.dedup();
-    Ok(Config { realm, providers, rules, identity_headers })
+    Ok(Config {
+        realm,
+        providers,
+        rules,
+        identity_headers,
+    })
 }
 
 fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigError> {
     let at = |field: &str| format!("providers.{name}.{field}");
     if name.is_empty() {
-        return Err(ConfigError::new("providers", "provider names must be non-empty"));
+        return Err(ConfigError::new(
+            "providers",
+            "provider names must be non-empty",
+        ));
     }
     if raw.issuer.is_empty() {
         return Err(ConfigError::new(at("issuer"), "must be non-empty"));
     }
     let audiences = raw.audiences.unwrap_or_default();
     if audiences.iter().any(String::is_empty) {
-        return Err(ConfigError::new(at("audiences"), "audiences must be non-empty strings"));
+        return Err(ConfigError::new(
+            at("audiences"),
+            "audiences must be non-empty strings",
+        ));
     }
 
     let keys = compile_jwks(&at("jwks"), raw.jwks)?;
@@ -295,12 +325,18 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
     let algorithms = match raw.algorithms {
         Some(names) => {
             if names.is_empty() {
-                return Err(ConfigError::new(at("algorithms"), "must list at least one algorithm"));
+                return Err(ConfigError::new(
+                    at("algorithms"),
+                    "must list at least one algorithm",
+                ));
             }
             let mut algorithms = Vec::new();
             for (i, name) in names.iter().enumerate() {
                 let alg = Alg::from_name(name).ok_or_else(|| {
-                    ConfigError::new(format!("{}[{i}]", at("algorithms")), format!("unsupported algorithm {name:?}"))
+                    ConfigError::new(
+                        format!("{}[{i}]", at("algorithms")),
+                        format!("unsupported algorithm {name:?}"),
+                    )
                 })?;
                 if alg.is_symmetric() && !set.keys().iter().any(|k| k.allows(alg)) {
                     return Err(ConfigError::new(
@@ -318,7 +354,10 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
 
     let token_types = match raw.token_types {
         Some(types) if types.is_empty() => {
-            return Err(ConfigError::new(at("token_types"), "must list at least one type when set"))
+            return Err(ConfigError::new(
+                at("token_types"),
+                "must list at least one type when set",
+            ))
         }
         Some(types) => Some(types.iter().map(|t| normalize_token_type(t)).collect()),
         None => None,
@@ -326,13 +365,19 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
 
     let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if max_token_bytes == 0 || max_token_bytes > MAX_MAX_TOKEN_BYTES {
-        return Err(ConfigError::new(at("max_token_bytes"), format!("must be between 1 and {MAX_MAX_TOKEN_BYTES}")));
+        return Err(ConfigError::new(
+            at("max_token_bytes"),
+            format!("must be between 1 and {MAX_MAX_TOKEN_BYTES}"),
+        ));
     }
 
     let sources = match raw.sources {
         None => vec![Source::default_bearer()],
         Some(raw_sources) if raw_sources.is_empty() => {
-            return Err(ConfigError::new(at("sources"), "must list at least one source when set"))
+            return Err(ConfigError::new(
+                at("sources"),
+                "must list at least one source when set",
+            ))
         }
         Some(raw_sources) => raw_sources
             .into_iter()
@@ -361,17 +406,27 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
 }
 
 fn compile_jwks(at: &str, raw: RawJwks) -> Result<KeySource, ConfigError> {
-    let chosen = [raw.inline.is_some(), raw.uri.is_some(), raw.discovery.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let chosen = [
+        raw.inline.is_some(),
+        raw.uri.is_some(),
+        raw.discovery.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if chosen != 1 {
-        return Err(ConfigError::new(at, "exactly one of \"inline\", \"uri\" or \"discovery\" is required"));
+        return Err(ConfigError::new(
+            at,
+            "exactly one of \"inline\", \"uri\" or \"discovery\" is required",
+        ));
     }
     match raw.inline {
         Some(inline) => {
             if raw.cluster.is_some() || raw.cache_secs.is_some() || raw.timeout_ms.is_some() {
-                return Err(ConfigError::new(at, "\"cluster\", \"cache_secs\" and \"timeout_ms\" are for remote key sets"));
+                return Err(ConfigError::new(
+                    at,
+                    "\"cluster\", \"cache_secs\" and \"timeout_ms\" are for remote key sets",
+                ));
             }
             let parsed = KeySet::from_value(&inline)
                 .map_err(|e| ConfigError::new(format!("{at}.inline"), e.to_string()))?;
@@ -386,27 +441,46 @@ fn compile_jwks(at: &str, raw: RawJwks) -> Result<KeySource, ConfigError> {
             Ok(KeySource::Inline(Rc::new(parsed.set)))
         }
         None => {
-            let field = if raw.uri.is_some() { "uri" } else { "discovery" };
-            Err(ConfigError::new(format!("{at}.{field}"), "remote key sets are not supported by this version of tokengate"))
+            let field = if raw.uri.is_some() {
+                "uri"
+            } else {
+                "discovery"
+            };
+            Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "remote key sets are not supported by this version of tokengate",
+            ))
         }
     }
 }
 
 fn compile_source(at: &str, raw: RawSource) -> Result<Source, ConfigError> {
     if raw.prefix.is_some() && raw.header.is_none() {
-        return Err(ConfigError::new(format!("{at}.prefix"), "only a \"header\" source takes a prefix"));
+        return Err(ConfigError::new(
+            format!("{at}.prefix"),
+            "only a \"header\" source takes a prefix",
+        ));
     }
     match (raw.header, raw.cookie, raw.query) {
         (Some(header), None, None) => {
             let name = header_name(&format!("{at}.header"), &header)?;
             if raw.prefix.as_deref() == Some("") {
-                return Err(ConfigError::new(format!("{at}.prefix"), "must be non-empty when set"));
+                return Err(ConfigError::new(
+                    format!("{at}.prefix"),
+                    "must be non-empty when set",
+                ));
             }
-            Ok(Source::Header { name, prefix: raw.prefix })
+            Ok(Source::Header {
+                name,
+                prefix: raw.prefix,
+            })
         }
         (None, Some(cookie), None) => {
             if cookie.is_empty() || !cookie.bytes().all(is_tchar) {
-                return Err(ConfigError::new(format!("{at}.cookie"), "not a valid cookie name"));
+                return Err(ConfigError::new(
+                    format!("{at}.cookie"),
+                    "not a valid cookie name",
+                ));
             }
             Ok(Source::Cookie(cookie))
         }
@@ -416,7 +490,10 @@ fn compile_source(at: &str, raw: RawSource) -> Result<Source, ConfigError> {
             }
             Ok(Source::Query(query))
         }
-        _ => Err(ConfigError::new(at, "exactly one of \"header\", \"cookie\" or \"query\" is required")),
+        _ => Err(ConfigError::new(
+            at,
+            "exactly one of \"header\", \"cookie\" or \"query\" is required",
+        )),
     }
 }
 
@@ -439,16 +516,25 @@ fn compile_forward(at: &str, raw: RawForward) -> Result<Forward, ConfigError> {
     let mut claims = Vec::new();
     for (path, header) in raw.claims {
         let field = format!("{at}.claims.{path}");
-        let claim = ClaimPath::parse(&path).ok_or_else(|| ConfigError::new(&field, "claim path must be dot-separated non-empty names"))?;
+        let claim = ClaimPath::parse(&path).ok_or_else(|| {
+            ConfigError::new(&field, "claim path must be dot-separated non-empty names")
+        })?;
         claims.push((claim, identity_header(&field, &header)?));
     }
-    Ok(Forward { keep_token: raw.keep_token, payload_header, claims })
+    Ok(Forward {
+        keep_token: raw.keep_token,
+        payload_header,
+        claims,
+    })
 }
 
 fn identity_header(at: &str, name: &str) -> Result<String, ConfigError> {
     let name = header_name(at, name)?;
     if RESERVED_HEADERS.contains(&name.as_str()) {
-        return Err(ConfigError::new(at, format!("{name:?} can't carry identity")));
+        return Err(ConfigError::new(
+            at,
+            format!("{name:?} can't carry identity"),
+        ));
     }
     Ok(name)
 }
@@ -460,7 +546,10 @@ fn is_tchar(b: u8) -> bool {
 /// A header name: an RFC 9110 token, returned lowercase (Envoy's form).
 fn header_name(at: &str, name: &str) -> Result<String, ConfigError> {
     if name.is_empty() || !name.bytes().all(is_tchar) {
-        return Err(ConfigError::new(at, format!("{name:?} is not a valid header name")));
+        return Err(ConfigError::new(
+            at,
+            format!("{name:?} is not a valid header name"),
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -468,15 +557,27 @@ fn header_name(at: &str, name: &str) -> Result<String, ConfigError> {
 fn compile_rule(index: usize, raw: RawRule, providers: &[Provider]) -> Result<Rule, ConfigError> {
     let at = |field: &str| format!("rules[{index}].{field}");
     let name = raw.name.unwrap_or_else(|| format!("rules[{index}]"));
-    for (set, field) in [(raw.authz.is_some(), "authz"), (raw.central.is_some(), "central"), (raw.dry_run.is_some(), "dry_run")] {
+    for (set, field) in [
+        (raw.authz.is_some(), "authz"),
+        (raw.central.is_some(), "central"),
+        (raw.dry_run.is_some(), "dry_run"),
+    ] {
         if set {
-            return Err(ConfigError::new(at(field), "not supported by this version of tokengate"));
+            return Err(ConfigError::new(
+                at(field),
+                "not supported by this version of tokengate",
+            ));
         }
     }
     let matcher = compile_match(&at("match"), raw.matcher)?;
     let action = match (raw.allow, raw.authn) {
         (Some(allow), None) if allow == "anonymous" => RuleAction::Anonymous,
-        (Some(_), None) => return Err(ConfigError::new(at("allow"), "the only value is \"anonymous\"")),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                at("allow"),
+                "the only value is \"anonymous\"",
+            ))
+        }
         (None, Some(authn)) => {
             let lookup = |field: String, names: Vec<String>| -> Result<Vec<usize>, ConfigError> {
                 if names.is_empty() {
@@ -486,23 +587,42 @@ fn compile_rule(index: usize, raw: RawRule, providers: &[Provider]) -> Result<Ru
                     .iter()
                     .enumerate()
                     .map(|(i, n)| {
-                        providers
-                            .iter()
-                            .position(|p| &p.name == n)
-                            .ok_or_else(|| ConfigError::new(format!("{field}[{i}]"), format!("unknown provider {n:?}")))
+                        providers.iter().position(|p| &p.name == n).ok_or_else(|| {
+                            ConfigError::new(
+                                format!("{field}[{i}]"),
+                                format!("unknown provider {n:?}"),
+                            )
+                        })
                     })
                     .collect()
             };
             let requirement = match (authn.any, authn.all) {
                 (Some(any), None) => AuthnRequirement::Any(lookup(at("authn.any"), any)?),
                 (None, Some(all)) => AuthnRequirement::All(lookup(at("authn.all"), all)?),
-                _ => return Err(ConfigError::new(at("authn"), "exactly one of \"any\" or \"all\" is required")),
+                _ => {
+                    return Err(ConfigError::new(
+                        at("authn"),
+                        "exactly one of \"any\" or \"all\" is required",
+                    ))
+                }
             };
-            RuleAction::Authn { requirement, optional: authn.optional }
+            RuleAction::Authn {
+                requirement,
+                optional: authn.optional,
+            }
         }
-        _ => return Err(ConfigError::new(format!("rules[{index}]"), "exactly one of \"allow\" or \"authn\" is required")),
+        _ => {
+            return Err(ConfigError::new(
+                format!("rules[{index}]"),
+                "exactly one of \"allow\" or \"authn\" is required",
+            ))
+        }
     };
-    Ok(Rule { name, matcher, action })
+    Ok(Rule {
+        name,
+        matcher,
+        action,
+    })
 }
 
 fn compile_match(at: &str, raw: RawMatch) -> Result<Matcher, ConfigError> {
@@ -511,12 +631,27 @@ fn compile_match(at: &str, raw: RawMatch) -> Result<Matcher, ConfigError> {
         Some(p) => Some(match (p.exact, p.prefix, p.template) {
             (Some(exact), None, None) if exact.starts_with('/') => PathMatch::Exact(exact),
             (None, Some(prefix), None) if prefix.starts_with('/') => PathMatch::Prefix(prefix),
-            (None, None, Some(template)) => PathMatch::template(&template)
-                .ok_or_else(|| ConfigError::new(format!("{at}.path.template"), "must look like /users/{id}/orders"))?,
-            (None, None, None) | (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-                return Err(ConfigError::new(format!("{at}.path"), "exactly one of \"exact\", \"prefix\" or \"template\" is required"))
+            (None, None, Some(template)) => PathMatch::template(&template).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{at}.path.template"),
+                    "must look like /users/{id}/orders",
+                )
+            })?,
+            (None, None, None)
+            | (Some(_), Some(_), _)
+            | (Some(_), _, Some(_))
+            | (_, Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.path"),
+                    "exactly one of \"exact\", \"prefix\" or \"template\" is required",
+                ))
             }
-            _ => return Err(ConfigError::new(format!("{at}.path"), "paths must start with '/'")),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{at}.path"),
+                    "paths must start with '/'",
+                ))
+            }
         }),
     };
     let methods = raw
@@ -527,7 +662,10 @@ fn compile_match(at: &str, raw: RawMatch) -> Result<Matcher, ConfigError> {
                 .enumerate()
                 .map(|(i, m)| {
                     if m.is_empty() || !m.bytes().all(is_tchar) {
-                        Err(ConfigError::new(format!("{at}.methods[{i}]"), "not a valid method"))
+                        Err(ConfigError::new(
+                            format!("{at}.methods[{i}]"),
+                            "not a valid method",
+                        ))
                     } else {
                         Ok(m.to_ascii_uppercase())
                     }
@@ -543,9 +681,271 @@ fn compile_match(at: &str, raw: RawMatch) -> Result<Matcher, ConfigError> {
             (Some(present), None, None) => HeaderMatch::Present(present),
             (None, Some(value), None) => HeaderMatch::Equals(value),
             (None, None, Some(prefix)) => HeaderMatch::Prefix(prefix),
-            _ => return Err(ConfigError::new(field, "exactly one of \"present\", \"equals\" or \"prefix\" is required")),
+            _ => {
+                return Err(ConfigError::new(
+                    field,
+                    "exactly one of \"present\", \"equals\" or \"prefix\" is required",
+                ))
+            }
         };
         headers.push((name, header_match));
     }
-    Ok(Matcher { path, methods, host: raw.host.map(|h| h.to_ascii_lowercase()), headers })
+    Ok(Matcher {
+        path,
+        methods,
+        host: raw.host.map(|h| h.to_ascii_lowercase()),
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "realm": "api",
+            "providers": {
+                "corp": {
+                    "issuer": ISSUER,
+                    "audiences": ["orders"],
+                    "jwks": { "inline": public_jwks() },
+                    "forward": { "claims": { "sub": "X-User-Id" }, "payload_header": "x-jwt-payload" }
+                }
+            }
+        })
+    }
+
+    fn error_of(doc: &Value) -> ConfigError {
+        Config::from_json(doc.to_string().as_bytes()).unwrap_err()
+    }
+
+    fn with(change: impl FnOnce(&mut Value)) -> Value {
+        let mut doc = base();
+        change(&mut doc);
+        doc
+    }
+
+    #[test]
+    fn minimal_config_compiles_with_the_implicit_rule_and_defaults() {
+        let config = Config::from_json(base().to_string().as_bytes()).unwrap();
+        assert_eq!(config.rules.len(), 1);
+        assert_eq!(
+            config.rules[0].action,
+            RuleAction::Authn {
+                requirement: AuthnRequirement::Any(vec![0]),
+                optional: false
+            }
+        );
+        let provider = &config.providers[0];
+        assert_eq!(provider.sources, vec![Source::default_bearer()]);
+        assert_eq!(provider.policy.clock_skew_secs, 60);
+        assert!(provider.policy.require_exp);
+        assert_eq!(provider.policy.max_token_bytes, 8192);
+        assert!(
+            !provider.policy.algorithms.iter().any(|a| a.is_symmetric()),
+            "HS* only when listed"
+        );
+        assert_eq!(
+            config.identity_headers,
+            vec!["x-jwt-payload".to_string(), "x-user-id".to_string()]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_its_path() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["jwks"]["bogus"] = json!(1)
+        }));
+        assert_eq!(e.path, "providers.corp.jwks.bogus");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = error_of(&with(|d| d["surprise"] = json!(true)));
+        assert!(e.message.contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_its_path() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["clock_skew_secs"] = json!("60")
+        }));
+        assert_eq!(e.path, "providers.corp.clock_skew_secs");
+    }
+
+    #[test]
+    fn missing_issuer_names_the_provider() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]
+                .as_object_mut()
+                .unwrap()
+                .remove("issuer");
+        }));
+        assert_eq!(e.path, "providers.corp");
+        assert!(e.message.contains("issuer"), "{e}");
+    }
+
+    #[test]
+    fn jwks_needs_exactly_one_source() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["jwks"]["uri"] = json!("http://idp/certs")
+        }));
+        assert_eq!(e.path, "providers.corp.jwks");
+    }
+
+    #[test]
+    fn weak_inline_key_is_refused_with_its_index() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["jwks"]["inline"]["keys"][2]["x"] = json!("AAAA");
+        }));
+        assert_eq!(e.path, "providers.corp.jwks.inline.keys[2]");
+    }
+
+    #[test]
+    fn hs256_needs_an_inline_secret_and_must_be_listed() {
+        let ok = with(|d| d["providers"]["corp"]["algorithms"] = json!(["RS256", "HS256"]));
+        let config = Config::from_json(ok.to_string().as_bytes()).unwrap();
+        assert!(config.providers[0].policy.algorithms.contains(&Alg::HS256));
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["algorithms"] = json!(["HS512"]);
+        }));
+        assert_eq!(e.path, "providers.corp.algorithms[0]");
+    }
+
+    #[test]
+    fn unknown_algorithm_and_none_are_refused() {
+        for name in ["none", "ES512", "rs256"] {
+            let e = error_of(&with(|d| {
+                d["providers"]["corp"]["algorithms"] = json!(["RS256", name])
+            }));
+            assert_eq!(e.path, "providers.corp.algorithms[1]", "{name}");
+        }
+    }
+
+    #[test]
+    fn sources_are_validated() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["sources"] = json!([{"cookie": "a", "query": "b"}])
+        }));
+        assert_eq!(e.path, "providers.corp.sources[0]");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["sources"] = json!([{"cookie": "a", "prefix": "Bearer "}])
+        }));
+        assert_eq!(e.path, "providers.corp.sources[0].prefix");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["sources"] = json!([{"header": "bad header"}])
+        }));
+        assert_eq!(e.path, "providers.corp.sources[0].header");
+    }
+
+    #[test]
+    fn identity_header_must_be_a_usable_header_name() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["forward"]["claims"] = json!({"sub": "host"})
+        }));
+        assert_eq!(e.path, "providers.corp.forward.claims.sub");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["forward"]["claims"] = json!({"a..b": "x-a"})
+        }));
+        assert_eq!(e.path, "providers.corp.forward.claims.a..b");
+    }
+
+    #[test]
+    fn rules_name_unknown_providers() {
+        let e = error_of(&with(|d| {
+            d["rules"] = json!([{"match": {}, "authn": {"any": ["corp", "other"]}}])
+        }));
+        assert_eq!(e.path, "rules[0].authn.any[1]");
+        assert!(e.message.contains("other"));
+    }
+
+    #[test]
+    fn rule_needs_exactly_one_action() {
+        let e = error_of(&with(|d| d["rules"] = json!([{"match": {}}])));
+        assert_eq!(e.path, "rules[0]");
+        let e = error_of(&with(|d| {
+            d["rules"] = json!([{"match": {}, "allow": "everyone"}])
+        }));
+        assert_eq!(e.path, "rules[0].allow");
+    }
+
+    #[test]
+    fn rule_match_is_validated() {
+        let e = error_of(&with(
+            |d| {
+                d["rules"] = json!([{"match": {"path": {"prefix": "/a", "exact": "/b"}}, "allow": "anonymous"}])
+            },
+        ));
+        assert_eq!(e.path, "rules[0].match.path");
+        let e =
+            error_of(&with(
+                |d| {
+                    d["rules"] =
+                        json!([{"match": {"path": {"template": "/a/{"}}, "allow": "anonymous"}])
+                },
+            ));
+        assert_eq!(e.path, "rules[0].match.path.template");
+        let e =
+            error_of(&with(
+                |d| {
+                    d["rules"] = json!([{"match": {"path": {"prefix": "a"}}, "allow": "anonymous"}])
+                },
+            ));
+        assert_eq!(e.path, "rules[0].match.path");
+    }
+
+    #[test]
+    fn features_of_later_versions_are_refused_not_ignored() {
+        let e = error_of(&with(|d| d["exchanges"] = json!({"opaque": {}})));
+        assert_eq!(e.path, "exchanges");
+        let e = error_of(&with(|d| d["authz_service"] = json!({"uri": "http://opa"})));
+        assert_eq!(e.path, "authz_service");
+        let e =
+            error_of(&with(
+                |d| {
+                    d["rules"] =
+                        json!([{"match": {}, "authn": {"any": ["corp"]}, "authz": {"all": []}}])
+                },
+            ));
+        assert_eq!(e.path, "rules[0].authz");
+        // A null authz_service is the contract's way of saying "none".
+        assert!(Config::from_json(
+            with(|d| d["authz_service"] = json!(null))
+                .to_string()
+                .as_bytes()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn realm_with_a_quote_is_refused() {
+        let e = error_of(&with(|d| d["realm"] = json!("a\"b")));
+        assert_eq!(e.path, "realm");
+    }
+
+    #[test]
+    fn max_token_bytes_is_bounded() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["max_token_bytes"] = json!(0)
+        }));
+        assert_eq!(e.path, "providers.corp.max_token_bytes");
+    }
+
+    #[test]
+    fn no_providers_and_no_rules_is_an_error() {
+        let e = error_of(&json!({"providers": {}}));
+        assert_eq!(e.path, "providers");
+    }
+
+    #[test]
+    fn error_display_leads_with_the_path() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["jwks"]["bogus"] = json!(1)
+        }));
+        assert!(
+            e.to_string()
+                .starts_with("providers.corp.jwks.bogus: unknown field"),
+            "{e}"
+        );
+    }
 }

@@ -23,7 +23,10 @@ impl Deny {
             Refusal::Authn(AuthnError::KeysUnavailable) => Deny {
                 status: 503,
                 www_authenticate: None,
-                body: body("temporarily_unavailable", AuthnError::KeysUnavailable.description()),
+                body: body(
+                    "temporarily_unavailable",
+                    AuthnError::KeysUnavailable.description(),
+                ),
             },
             Refusal::Authn(e) => Deny {
                 status: 401,
@@ -54,7 +57,10 @@ mod tests {
     fn missing_token_challenge_has_no_error_code() {
         let deny = Deny::for_refusal(Refusal::Authn(AuthnError::Missing), "api");
         assert_eq!(deny.status, 401);
-        assert_eq!(deny.www_authenticate.as_deref(), Some("Bearer realm=\"api\""));
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\"")
+        );
     }
 
     #[test]

@@ -132,7 +132,10 @@ mod tests {
             AuthnError::KeysUnavailable,
         ];
         for e in all {
-            assert!(e.reason().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(e
+                .reason()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
             assert!(!e.description().contains('"'));
         }
     }

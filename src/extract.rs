@@ -14,8 +14,14 @@ pub struct Request {
 
 impl Request {
     /// Every value of a header, in order.
-    pub fn header_values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    pub fn header_values<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of a header.
@@ -25,7 +31,9 @@ impl Request {
 
     /// The path without its query string.
     pub fn path_only(&self) -> &str {
-        self.path.split_once('?').map_or(self.path.as_str(), |(path, _)| path)
+        self.path
+            .split_once('?')
+            .map_or(self.path.as_str(), |(path, _)| path)
     }
 }
 
@@ -41,7 +49,10 @@ pub enum HeaderEdit {
 pub enum Source {
     /// A header, optionally with a scheme prefix such as `Bearer ` (matched
     /// case-insensitively, RFC 9110 §11.1). A header without the prefix is not a token.
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     Cookie(String),
     Query(String),
 }
@@ -65,20 +76,28 @@ pub struct Found {
 
 impl Source {
     pub fn default_bearer() -> Source {
-        Source::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }
+        Source::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        }
     }
 
     /// The token from this source, if the source is present in the request.
     pub fn find(&self, request: &Request) -> Option<Found> {
         match self {
             Source::Header { name, prefix } => {
-                let mut values = request.header_values(name).filter_map(|value| match prefix {
-                    None => Some(value.trim()),
-                    Some(prefix) => strip_prefix_ignore_case(value, prefix).map(str::trim),
-                });
+                let mut values = request
+                    .header_values(name)
+                    .filter_map(|value| match prefix {
+                        None => Some(value.trim()),
+                        Some(prefix) => strip_prefix_ignore_case(value, prefix).map(str::trim),
+                    });
                 let first = values.next()?;
                 let token = if values.next().is_some() { "" } else { first };
-                Some(Found { token: token.to_owned(), location: Location::Header(name.clone()) })
+                Some(Found {
+                    token: token.to_owned(),
+                    location: Location::Header(name.clone()),
+                })
             }
             Source::Cookie(name) => {
                 let mut values = request
@@ -89,7 +108,10 @@ impl Source {
                     .map(|(_, v)| unquote(v.trim()));
                 let first = values.next()?;
                 let token = if values.next().is_some() { "" } else { first };
-                Some(Found { token: token.to_owned(), location: Location::Cookie(name.clone()) })
+                Some(Found {
+                    token: token.to_owned(),
+                    location: Location::Cookie(name.clone()),
+                })
             }
             Source::Query(name) => {
                 let (_, query) = request.path.split_once('?')?;
@@ -100,8 +122,15 @@ impl Source {
                     // Undecodable values stay as they are and fail verification as malformed.
                     .map(|(_, v)| percent_decode(v).unwrap_or_else(|| v.to_owned()));
                 let first = values.next()?;
-                let token = if values.next().is_some() { String::new() } else { first };
-                Some(Found { token, location: Location::Query(name.clone()) })
+                let token = if values.next().is_some() {
+                    String::new()
+                } else {
+                    first
+                };
+                Some(Found {
+                    token,
+                    location: Location::Query(name.clone()),
+                })
             }
         }
     }
@@ -127,7 +156,10 @@ impl Location {
                 }
             }
             Location::Query(name) => {
-                let (path, query) = request.path.split_once('?').unwrap_or((request.path.as_str(), ""));
+                let (path, query) = request
+                    .path
+                    .split_once('?')
+                    .unwrap_or((request.path.as_str(), ""));
                 let kept: Vec<&str> = query
                     .split('&')
                     .filter(|pair| !pair.is_empty())
@@ -191,7 +223,10 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             host: "example".into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -202,7 +237,10 @@ mod tests {
     #[test]
     fn bearer_prefix_is_matched_case_insensitively() {
         let req = request("/", &[("authorization", "bearer abc.def.ghi")]);
-        assert_eq!(found(&Source::default_bearer(), &req).as_deref(), Some("abc.def.ghi"));
+        assert_eq!(
+            found(&Source::default_bearer(), &req).as_deref(),
+            Some("abc.def.ghi")
+        );
     }
 
     #[test]
@@ -213,21 +251,33 @@ mod tests {
 
     #[test]
     fn header_without_configured_prefix_is_taken_whole() {
-        let source = Source::Header { name: "x-token".into(), prefix: None };
+        let source = Source::Header {
+            name: "x-token".into(),
+            prefix: None,
+        };
         let req = request("/", &[("x-token", " a.b.c ")]);
         assert_eq!(found(&source, &req).as_deref(), Some("a.b.c"));
     }
 
     #[test]
     fn two_bearer_headers_are_ambiguous_and_yield_an_empty_token() {
-        let req = request("/", &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")]);
+        let req = request(
+            "/",
+            &[
+                ("authorization", "Bearer a.b.c"),
+                ("authorization", "Bearer d.e.f"),
+            ],
+        );
         assert_eq!(found(&Source::default_bearer(), &req).as_deref(), Some(""));
     }
 
     #[test]
     fn cookie_is_found_among_others_and_unquoted() {
         let source = Source::Cookie("access_token".into());
-        let req = request("/", &[("cookie", "theme=dark; access_token=\"a.b.c\"; lang=en")]);
+        let req = request(
+            "/",
+            &[("cookie", "theme=dark; access_token=\"a.b.c\"; lang=en")],
+        );
         assert_eq!(found(&source, &req).as_deref(), Some("a.b.c"));
     }
 
@@ -286,7 +336,10 @@ mod tests {
     #[test]
     fn query_parameter_without_value_is_an_empty_token() {
         let source = Source::Query("access_token".into());
-        assert_eq!(found(&source, &request("/x?access_token", &[])).as_deref(), Some(""));
+        assert_eq!(
+            found(&source, &request("/x?access_token", &[])).as_deref(),
+            Some("")
+        );
     }
 
     #[test]
@@ -297,7 +350,10 @@ mod tests {
             HeaderEdit::Set("cookie".into(), "a=1; b=2".into())
         );
         let req = request("/", &[("cookie", "t=x.y.z")]);
-        assert_eq!(Location::Cookie("t".into()).removal(&req), HeaderEdit::Remove("cookie".into()));
+        assert_eq!(
+            Location::Cookie("t".into()).removal(&req),
+            HeaderEdit::Remove("cookie".into())
+        );
     }
 
     #[test]
@@ -308,7 +364,10 @@ mod tests {
             HeaderEdit::Set(":path".into(), "/p?a=1&b=2".into())
         );
         let req = request("/p?t=x.y.z", &[]);
-        assert_eq!(Location::Query("t".into()).removal(&req), HeaderEdit::Set(":path".into(), "/p".into()));
+        assert_eq!(
+            Location::Query("t".into()).removal(&req),
+            HeaderEdit::Set(":path".into(), "/p".into())
+        );
     }
 
     #[test]

@@ -48,9 +48,17 @@ pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCac
     let (requirement, optional) = match &rule.action {
         RuleAction::Anonymous => {
             counters.push(Counter::Allowed);
-            return Decision { outcome: Outcome::Forward(edits), counters, rule: rule_name, refusal: None };
+            return Decision {
+                outcome: Outcome::Forward(edits),
+                counters,
+                rule: rule_name,
+                refusal: None,
+            };
         }
-        RuleAction::Authn { requirement, optional } => (requirement, *optional),
+        RuleAction::Authn {
+            requirement,
+            optional,
+        } => (requirement, *optional),
     };
 
     let attempts: Vec<(usize, Found)> = requirement
@@ -61,15 +69,27 @@ pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCac
     if attempts.is_empty() {
         if optional {
             counters.push(Counter::Allowed);
-            return Decision { outcome: Outcome::Forward(edits), counters, rule: rule_name, refusal: None };
+            return Decision {
+                outcome: Outcome::Forward(edits),
+                counters,
+                rule: rule_name,
+                refusal: None,
+            };
         }
-        return refuse(config, Refusal::Authn(AuthnError::Missing), rule_name, counters);
+        return refuse(
+            config,
+            Refusal::Authn(AuthnError::Missing),
+            rule_name,
+            counters,
+        );
     }
 
     let mut verified: Vec<(Rc<Identity>, &Found)> = Vec::new();
     let mut worst: Option<AuthnError> = None;
     for (id, found) in &attempts {
-        let Some(provider) = config.providers.get(*id) else { continue };
+        let Some(provider) = config.providers.get(*id) else {
+            continue;
+        };
         match authenticate(*id, provider, &found.token, now, cache, &mut counters) {
             Ok(identity) => {
                 verified.push((identity, found));
@@ -97,21 +117,37 @@ pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCac
     }
 
     for (identity, found) in &verified {
-        let keep = config.providers.get(identity.provider).is_some_and(|p| p.forward.keep_token);
+        let keep = config
+            .providers
+            .get(identity.provider)
+            .is_some_and(|p| p.forward.keep_token);
         if !keep {
             edits.push(found.location.removal(request));
         }
     }
     for (identity, _) in &verified {
-        edits.extend(identity.headers.iter().map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())));
+        edits.extend(
+            identity
+                .headers
+                .iter()
+                .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
+        );
     }
     counters.push(Counter::Allowed);
-    Decision { outcome: Outcome::Forward(edits), counters, rule: rule_name, refusal: None }
+    Decision {
+        outcome: Outcome::Forward(edits),
+        counters,
+        rule: rule_name,
+        refusal: None,
+    }
 }
 
 /// The first present source of a provider (a present but invalid token is not skipped).
 fn find_token(provider: &Provider, request: &Request) -> Option<Found> {
-    provider.sources.iter().find_map(|source| source.find(request))
+    provider
+        .sources
+        .iter()
+        .find_map(|source| source.find(request))
 }
 
 fn authenticate(
@@ -140,19 +176,387 @@ fn authenticate(
     counters.push(Counter::CacheMiss);
     let KeySource::Inline(keys) = &provider.keys;
     let verified = jwt::verify(token, &provider.policy, keys, now)?;
-    let headers = provider.forward.identity_headers(&verified.claims, &verified.payload_segment);
-    let identity = Rc::new(Identity { provider: id, headers, claims: Rc::new(verified.claims) });
+    let headers = provider
+        .forward
+        .identity_headers(&verified.claims, &verified.payload_segment);
+    let identity = Rc::new(Identity {
+        provider: id,
+        headers,
+        claims: Rc::new(verified.claims),
+    });
     let now_signed = i64::try_from(now).unwrap_or(i64::MAX);
-    cache.insert(id, token, Entry { lifetime: verified.lifetime, identity: identity.clone() }, now_signed);
+    cache.insert(
+        id,
+        token,
+        Entry {
+            lifetime: verified.lifetime,
+            identity: identity.clone(),
+        },
+        now_signed,
+    );
     Ok(identity)
 }
 
-fn refuse(config: &Config, refusal: Refusal, rule: Option<String>, mut counters: Vec<Counter>) -> Decision {
+fn refuse(
+    config: &Config,
+    refusal: Refusal,
+    rule: Option<String>,
+    mut counters: Vec<Counter>,
+) -> Decision {
     counters.push(Counter::Denied(refusal.reason()));
     Decision {
         outcome: Outcome::Deny(Deny::for_refusal(refusal, &config.realm)),
         counters,
         rule,
         refusal: Some(refusal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
+    use crate::testutil::*;
+    use serde_json::{json, Value};
+
+    fn config(doc: Value) -> Config {
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn provider(extra: Value) -> Value {
+        let mut p = json!({
+            "issuer": ISSUER,
+            "audiences": ["orders"],
+            "jwks": { "inline": public_jwks() },
+            "forward": {
+                "claims": { "sub": "x-user-id", "realm_access.roles": "x-user-roles" },
+                "payload_header": "x-jwt-payload"
+            }
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    }
+
+    fn standard() -> Config {
+        config(json!({
+            "realm": "api",
+            "providers": { "corp": provider(json!({})) },
+            "rules": [
+                { "name": "health", "match": { "path": { "prefix": "/healthz" } }, "allow": "anonymous" },
+                { "name": "maybe", "match": { "path": { "prefix": "/public" } }, "authn": { "any": ["corp"], "optional": true } },
+                { "name": "api", "match": { "path": { "prefix": "/api" } }, "authn": { "any": ["corp"] } }
+            ]
+        }))
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            host: "svc".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn cache(config: &Config) -> TokenCache {
+        TokenCache::new(
+            config.providers.len(),
+            DEFAULT_MAX_ENTRIES,
+            DEFAULT_MAX_BYTES,
+        )
+    }
+
+    fn run(config: &Config, req: &Request) -> Decision {
+        decide(config, req, NOW, &mut cache(config))
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    fn refused_with(decision: &Decision) -> Option<Refusal> {
+        match decision.outcome {
+            Outcome::Deny(_) => decision.refusal,
+            Outcome::Forward(_) => None,
+        }
+    }
+
+    #[test]
+    fn valid_token_forwards_identity_headers_and_removes_the_token() {
+        let config = standard();
+        let token = token("rs256", &good_claims());
+        let auth = bearer(&token);
+        let decision = run(
+            &config,
+            &request(
+                "/api/orders",
+                &[("authorization", &auth), ("x-user-id", "spoofed")],
+            ),
+        );
+        let payload = token.split('.').nth(1).unwrap().to_owned();
+        assert_eq!(
+            decision.outcome,
+            Outcome::Forward(vec![
+                HeaderEdit::Remove("x-user-id".into()),
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Set("x-jwt-payload".into(), payload),
+                HeaderEdit::Set("x-user-roles".into(), "user,admin".into()),
+                HeaderEdit::Set("x-user-id".into(), "alice".into()),
+            ])
+        );
+        assert_eq!(
+            decision.counters,
+            vec![Counter::CacheMiss, Counter::Allowed]
+        );
+    }
+
+    #[test]
+    fn anonymous_route_still_strips_identity_headers() {
+        let decision = run(
+            &standard(),
+            &request(
+                "/healthz",
+                &[("x-user-id", "admin"), ("x-jwt-payload", "e30")],
+            ),
+        );
+        assert_eq!(
+            decision.outcome,
+            Outcome::Forward(vec![
+                HeaderEdit::Remove("x-jwt-payload".into()),
+                HeaderEdit::Remove("x-user-id".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn missing_token_is_refused_with_a_bare_challenge() {
+        let decision = run(&standard(), &request("/api", &[]));
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::Missing))
+        );
+        let Outcome::Deny(deny) = decision.outcome else {
+            panic!()
+        };
+        assert_eq!(deny.status, 401);
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\"")
+        );
+        assert_eq!(decision.counters, vec![Counter::Denied("missing")]);
+    }
+
+    #[test]
+    fn expired_token_is_refused_with_invalid_token() {
+        let mut claims = good_claims();
+        claims["exp"] = json!(NOW - 3600);
+        let auth = bearer(&token("es256", &claims));
+        let decision = run(&standard(), &request("/api", &[("authorization", &auth)]));
+        let Outcome::Deny(deny) = &decision.outcome else {
+            panic!()
+        };
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\"")
+        );
+        assert!(!deny.body.contains(&auth[7..20]));
+    }
+
+    #[test]
+    fn optional_authn_lets_anonymous_through_but_not_invalid_tokens() {
+        let config = standard();
+        let decision = run(&config, &request("/public", &[]));
+        assert!(matches!(decision.outcome, Outcome::Forward(ref e) if e.is_empty()));
+        let decision = run(
+            &config,
+            &request("/public", &[("authorization", "Bearer not.a.jwt")]),
+        );
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::Malformed))
+        );
+    }
+
+    #[test]
+    fn request_matching_no_rule_is_forbidden() {
+        let decision = run(&standard(), &request("/elsewhere", &[]));
+        assert_eq!(refused_with(&decision), Some(Refusal::NoRuleMatched));
+        let Outcome::Deny(deny) = decision.outcome else {
+            panic!()
+        };
+        assert_eq!(deny.status, 403);
+    }
+
+    #[test]
+    fn second_request_with_the_same_token_hits_the_cache_and_rechecks_exp() {
+        let config = standard();
+        let mut cache = cache(&config);
+        let auth = bearer(&token("eddsa", &good_claims()));
+        let req = request("/api", &[("authorization", &auth)]);
+        assert_eq!(
+            decide(&config, &req, NOW, &mut cache).counters,
+            vec![Counter::CacheMiss, Counter::Allowed]
+        );
+        let again = decide(&config, &req, NOW + 1, &mut cache);
+        assert_eq!(again.counters, vec![Counter::CacheHit, Counter::Allowed]);
+        assert_eq!(
+            again.outcome,
+            decide(&config, &req, NOW, &mut cache).outcome
+        );
+        let later = decide(&config, &req, NOW + 600 + 60, &mut cache);
+        assert_eq!(
+            refused_with(&later),
+            Some(Refusal::Authn(AuthnError::Expired))
+        );
+        assert!(cache.is_empty(), "an expired entry is dropped");
+    }
+
+    #[test]
+    fn failures_are_not_cached() {
+        let config = standard();
+        let mut cache = cache(&config);
+        let mut claims = good_claims();
+        claims["aud"] = json!("billing");
+        let auth = bearer(&token("es256", &claims));
+        let req = request("/api", &[("authorization", &auth)]);
+        decide(&config, &req, NOW, &mut cache);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn keep_token_leaves_the_token_in_place() {
+        let config = config(
+            json!({ "providers": { "corp": provider(json!({"forward": {"keep_token": true}})) } }),
+        );
+        let auth = bearer(&token("es256", &good_claims()));
+        let decision = run(&config, &request("/x", &[("authorization", &auth)]));
+        assert_eq!(decision.outcome, Outcome::Forward(vec![]));
+    }
+
+    #[test]
+    fn token_in_a_cookie_is_removed_and_other_cookies_stay() {
+        let config = config(
+            json!({ "providers": { "corp": provider(json!({"sources": [{"cookie": "access_token"}]})) } }),
+        );
+        let cookie = format!(
+            "theme=dark; access_token={}",
+            token("es256", &good_claims())
+        );
+        let decision = run(&config, &request("/x", &[("cookie", &cookie)]));
+        let Outcome::Forward(edits) = decision.outcome else {
+            panic!("{decision:?}")
+        };
+        assert!(edits.contains(&HeaderEdit::Set("cookie".into(), "theme=dark".into())));
+    }
+
+    #[test]
+    fn first_present_source_wins_even_if_its_token_is_invalid() {
+        let config = config(json!({ "providers": { "corp": provider(json!({
+            "sources": [{"header": "authorization", "prefix": "Bearer "}, {"query": "access_token"}]
+        })) } }));
+        let path = format!("/x?access_token={}", token("es256", &good_claims()));
+        let decision = run(
+            &config,
+            &request(&path, &[("authorization", "Bearer garbage")]),
+        );
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::Malformed))
+        );
+    }
+
+    fn two_providers(requirement: &str) -> Config {
+        let mut other = provider(
+            json!({"issuer": "https://other.test", "sources": [{"header": "x-other-token"}]}),
+        );
+        other["forward"] = json!({"claims": {"sub": "x-other-sub"}});
+        config(json!({
+            "providers": { "corp": provider(json!({})), "other": other },
+            "rules": [{ "match": {}, "authn": { requirement: ["corp", "other"] } }]
+        }))
+    }
+
+    #[test]
+    fn any_accepts_the_provider_whose_token_verifies() {
+        let config = two_providers("any");
+        let mut claims = good_claims();
+        claims["iss"] = json!("https://other.test");
+        let decision = run(
+            &config,
+            &request(
+                "/x",
+                &[
+                    ("authorization", "Bearer bad.bad.bad"),
+                    ("x-other-token", &token("es256", &claims)),
+                ],
+            ),
+        );
+        let Outcome::Forward(edits) = decision.outcome else {
+            panic!("{decision:?}")
+        };
+        assert!(edits.contains(&HeaderEdit::Set("x-other-sub".into(), "alice".into())));
+    }
+
+    #[test]
+    fn any_reports_the_most_specific_failure() {
+        let config = two_providers("any");
+        // The token is corp's (issuer matches corp) but expired; "other" refuses it on issuer.
+        let mut claims = good_claims();
+        claims["exp"] = json!(NOW - 3600);
+        let t = token("es256", &claims);
+        let auth = bearer(&t);
+        let decision = run(
+            &config,
+            &request("/x", &[("authorization", &auth), ("x-other-token", &t)]),
+        );
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::Expired))
+        );
+    }
+
+    #[test]
+    fn all_needs_every_provider() {
+        let config = two_providers("all");
+        let auth = bearer(&token("es256", &good_claims()));
+        let decision = run(&config, &request("/x", &[("authorization", &auth)]));
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::Missing))
+        );
+        let mut claims = good_claims();
+        claims["iss"] = json!("https://other.test");
+        let decision = run(
+            &config,
+            &request(
+                "/x",
+                &[
+                    ("authorization", &auth),
+                    ("x-other-token", &token("es256", &claims)),
+                ],
+            ),
+        );
+        assert!(
+            matches!(decision.outcome, Outcome::Forward(_)),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn oversized_token_is_refused_without_touching_the_cache() {
+        let config =
+            config(json!({ "providers": { "corp": provider(json!({"max_token_bytes": 100})) } }));
+        let auth = bearer(&"a".repeat(200));
+        let decision = run(&config, &request("/x", &[("authorization", &auth)]));
+        assert_eq!(
+            refused_with(&decision),
+            Some(Refusal::Authn(AuthnError::TooLong))
+        );
+        assert_eq!(decision.counters, vec![Counter::Denied("too_long")]);
     }
 }

@@ -82,7 +82,10 @@ impl SkipReason {
 
     /// Keys that are legitimately in a set but not for us (e.g. encryption keys).
     pub fn is_benign(&self) -> bool {
-        matches!(self, SkipReason::NotForSignatures | SkipReason::NoVerifyOperation)
+        matches!(
+            self,
+            SkipReason::NotForSignatures | SkipReason::NoVerifyOperation
+        )
     }
 }
 
@@ -147,9 +150,11 @@ impl KeySet {
                 parse_key(entry)
             };
             match outcome {
-                Ok(key) if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) => {
-                    skipped.push(Skipped { index, reason: SkipReason::DuplicateKid })
-                }
+                Ok(key) if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) => skipped
+                    .push(Skipped {
+                        index,
+                        reason: SkipReason::DuplicateKid,
+                    }),
                 Ok(key) => keys.push(key),
                 Err(reason) => skipped.push(Skipped { index, reason }),
             }
@@ -157,7 +162,10 @@ impl KeySet {
         if keys.is_empty() {
             return Err(JwksError::NoUsableKey);
         }
-        Ok(Parsed { set: KeySet { keys }, skipped })
+        Ok(Parsed {
+            set: KeySet { keys },
+            skipped,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -226,7 +234,8 @@ fn parse_key(entry: &Value) -> Result<Key, SkipReason> {
             Some("Ed25519") => {
                 let x = member(obj, "x", Some(32))?;
                 PublicKey::Ed25519(
-                    ed25519_compact::PublicKey::from_slice(&x).map_err(|_| SkipReason::InvalidPoint)?,
+                    ed25519_compact::PublicKey::from_slice(&x)
+                        .map_err(|_| SkipReason::InvalidPoint)?,
                 )
             }
             _ => return Err(SkipReason::UnknownCurve),
@@ -243,17 +252,28 @@ fn parse_key(entry: &Value) -> Result<Key, SkipReason> {
     let alg = match obj.get("alg") {
         None => None,
         Some(name) => {
-            let alg = name.as_str().and_then(Alg::from_name).ok_or(SkipReason::AlgMismatch)?;
+            let alg = name
+                .as_str()
+                .and_then(Alg::from_name)
+                .ok_or(SkipReason::AlgMismatch)?;
             if !key.fits(alg) {
                 return Err(SkipReason::AlgMismatch);
             }
             Some(alg)
         }
     };
-    Ok(Key { kid: text("kid").map(str::to_owned), alg, key })
+    Ok(Key {
+        kid: text("kid").map(str::to_owned),
+        alg,
+        key,
+    })
 }
 
-fn member(obj: &serde_json::Map<String, Value>, name: &'static str, len: Option<usize>) -> Result<Vec<u8>, SkipReason> {
+fn member(
+    obj: &serde_json::Map<String, Value>,
+    name: &'static str,
+    len: Option<usize>,
+) -> Result<Vec<u8>, SkipReason> {
     let bytes = obj
         .get(name)
         .and_then(Value::as_str)
@@ -265,7 +285,10 @@ fn member(obj: &serde_json::Map<String, Value>, name: &'static str, len: Option<
     }
 }
 
-fn ec_point(obj: &serde_json::Map<String, Value>, coordinate_len: usize) -> Result<Vec<u8>, SkipReason> {
+fn ec_point(
+    obj: &serde_json::Map<String, Value>,
+    coordinate_len: usize,
+) -> Result<Vec<u8>, SkipReason> {
     let x = member(obj, "x", Some(coordinate_len))?;
     let y = member(obj, "y", Some(coordinate_len))?;
     let mut point = Vec::with_capacity(1 + 2 * coordinate_len);

@@ -72,7 +72,12 @@ pub fn normalize_token_type(typ: &str) -> String {
 }
 
 /// Verifies `token` against `policy` and `keys` at time `now` (seconds since the epoch).
-pub fn verify(token: &str, policy: &Policy, keys: &KeySet, now: u64) -> Result<Verified, AuthnError> {
+pub fn verify(
+    token: &str,
+    policy: &Policy,
+    keys: &KeySet,
+    now: u64,
+) -> Result<Verified, AuthnError> {
     if token.len() > policy.max_token_bytes {
         return Err(AuthnError::TooLong);
     }
@@ -115,8 +120,14 @@ pub fn verify(token: &str, policy: &Policy, keys: &KeySet, now: u64) -> Result<V
     check_lifetime(lifetime, policy, now)?;
 
     let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-    let signing_input = token.as_bytes().get(..signing_input_len).ok_or(AuthnError::Malformed)?;
-    let mut candidates = keys.with_kid(header.kid.as_deref(), alg).take(MAX_KEYLESS_CANDIDATES).peekable();
+    let signing_input = token
+        .as_bytes()
+        .get(..signing_input_len)
+        .ok_or(AuthnError::Malformed)?;
+    let mut candidates = keys
+        .with_kid(header.kid.as_deref(), alg)
+        .take(MAX_KEYLESS_CANDIDATES)
+        .peekable();
     if candidates.peek().is_none() {
         return Err(AuthnError::UnknownKid);
     }
@@ -128,7 +139,12 @@ pub fn verify(token: &str, policy: &Policy, keys: &KeySet, now: u64) -> Result<V
     if !fitting.any(|key| key.key.verify(alg, signing_input, &signature)) {
         return Err(AuthnError::BadSignature);
     }
-    Ok(Verified { claims, payload_segment: payload_b64.to_owned(), lifetime, alg })
+    Ok(Verified {
+        claims,
+        payload_segment: payload_b64.to_owned(),
+        lifetime,
+        alg,
+    })
 }
 
 /// Checks `exp` and `nbf` with the provider's clock skew. Called on every cache hit too.
@@ -185,9 +201,464 @@ pub fn looks_like_jwt(token: &str) -> bool {
         if part.is_empty() && parts < 3 {
             return false;
         }
-        if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return false;
         }
     }
     parts == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use serde_json::json;
+
+    fn policy() -> Policy {
+        Policy {
+            issuer: ISSUER.into(),
+            audiences: vec!["orders".into()],
+            algorithms: Alg::ALL.to_vec(),
+            token_types: None,
+            clock_skew_secs: 60,
+            require_exp: true,
+            max_token_bytes: 8192,
+        }
+    }
+
+    fn check(token: &str) -> Result<Verified, AuthnError> {
+        verify(token, &policy(), &keyset(), NOW)
+    }
+
+    fn with(claims: Value, key: &str, change: impl FnOnce(&mut Map<String, Value>)) -> String {
+        let mut claims = claims;
+        change(claims.as_object_mut().unwrap());
+        token(key, &claims)
+    }
+
+    /// jwt-simple's verdict on the signature alone (claims checks relaxed), as an oracle.
+    fn oracle_accepts(name: &str, token: &str) -> bool {
+        use jwt_simple::prelude::*;
+        let public = signing_key(name).public_jwk();
+        let b = |m: &str| crate::b64::decode(public[m].as_str().unwrap().as_bytes()).unwrap();
+        let options = VerificationOptions {
+            time_tolerance: Some(Duration::from_hours(24)),
+            artificial_time: Some(UnixTimeStamp::from_secs(NOW)),
+            ..Default::default()
+        };
+        let options = Some(options);
+        match name {
+            "rs256" => RS256PublicKey::from_components(&b("n"), &b("e"))
+                .unwrap()
+                .verify_token::<JWTClaims<NoCustomClaims>>(token, options)
+                .is_ok(),
+            "ps256" => PS256PublicKey::from_components(&b("n"), &b("e"))
+                .unwrap()
+                .verify_token::<NoCustomClaims>(token, options)
+                .is_ok(),
+            "es256" => {
+                let point = [vec![4u8], b("x"), b("y")].concat();
+                ES256PublicKey::from_bytes(&point)
+                    .unwrap()
+                    .verify_token::<NoCustomClaims>(token, options)
+                    .is_ok()
+            }
+            "es384" => {
+                let point = [vec![4u8], b("x"), b("y")].concat();
+                ES384PublicKey::from_bytes(&point)
+                    .unwrap()
+                    .verify_token::<NoCustomClaims>(token, options)
+                    .is_ok()
+            }
+            "eddsa" => Ed25519PublicKey::from_bytes(&b("x"))
+                .unwrap()
+                .verify_token::<NoCustomClaims>(token, options)
+                .is_ok(),
+            "hs256" => HS256Key::from_bytes(&b("k"))
+                .verify_token::<NoCustomClaims>(token, options)
+                .is_ok(),
+            other => panic!("no oracle for {other}"),
+        }
+    }
+
+    const FAMILIES: [(&str, Alg); 6] = [
+        ("rs256", Alg::RS256),
+        ("ps256", Alg::PS256),
+        ("es256", Alg::ES256),
+        ("es384", Alg::ES384),
+        ("eddsa", Alg::EdDSA),
+        ("hs256", Alg::HS256),
+    ];
+
+    #[test]
+    fn valid_token_of_every_family_is_accepted_and_the_oracle_agrees() {
+        for (name, alg) in FAMILIES {
+            let token = token(name, &good_claims());
+            let verified = check(&token).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(verified.alg, alg);
+            assert_eq!(verified.claims["sub"], "alice");
+            assert!(
+                oracle_accepts(name, &token),
+                "jwt-simple refused a {name} token we accept"
+            );
+        }
+    }
+
+    #[test]
+    fn tampered_signature_or_payload_is_refused_by_both_us_and_the_oracle() {
+        for (name, _) in FAMILIES {
+            let token = token(name, &good_claims());
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let mut sig_bytes = crate::b64::decode(sig.as_bytes()).unwrap();
+            sig_bytes[3] ^= 0x01;
+            let flipped = format!("{input}.{}", crate::b64::encode(&sig_bytes));
+            assert_eq!(
+                check(&flipped).unwrap_err(),
+                AuthnError::BadSignature,
+                "{name}"
+            );
+            assert!(!oracle_accepts(name, &flipped), "{name}");
+
+            let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+            let mut claims = good_claims();
+            claims["sub"] = json!("mallory");
+            parts[1] = crate::b64::encode(claims.to_string().as_bytes());
+            let swapped = parts.join(".");
+            assert_eq!(
+                check(&swapped).unwrap_err(),
+                AuthnError::BadSignature,
+                "{name}"
+            );
+            assert!(!oracle_accepts(name, &swapped), "{name}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_padded_signature_is_refused() {
+        for (name, _) in FAMILIES {
+            let token = token(name, &good_claims());
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let bytes = crate::b64::decode(sig.as_bytes()).unwrap();
+            let short = format!("{input}.{}", crate::b64::encode(&bytes[..bytes.len() - 1]));
+            let long = format!(
+                "{input}.{}",
+                crate::b64::encode(&[bytes.as_slice(), &[0]].concat())
+            );
+            assert_eq!(
+                check(&short).unwrap_err(),
+                AuthnError::BadSignature,
+                "{name}"
+            );
+            assert_eq!(
+                check(&long).unwrap_err(),
+                AuthnError::BadSignature,
+                "{name}"
+            );
+            assert!(
+                !oracle_accepts(name, &short) && !oracle_accepts(name, &long),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_signed_by_another_key_with_a_known_kid_has_a_bad_signature() {
+        let header = json!({"alg": "RS256", "kid": "rs256"});
+        let forged = token_with_header("rs256-other", &header, &good_claims());
+        assert_eq!(check(&forged).unwrap_err(), AuthnError::BadSignature);
+        assert!(!oracle_accepts("rs256", &forged));
+    }
+
+    #[test]
+    fn expired_token_is_refused_with_expired() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("exp".into(), json!(NOW - 61));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::Expired);
+    }
+
+    #[test]
+    fn token_expired_within_the_clock_skew_is_accepted() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("exp".into(), json!(NOW - 59));
+        });
+        assert!(check(&t).is_ok());
+    }
+
+    #[test]
+    fn fractional_exp_is_a_date() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("exp".into(), json!((NOW - 100) as f64 + 0.5));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::Expired);
+    }
+
+    #[test]
+    fn not_yet_valid_token_is_refused() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("nbf".into(), json!(NOW + 61));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::NotYetValid);
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("nbf".into(), json!(NOW + 59));
+        });
+        assert!(check(&t).is_ok(), "within the skew");
+    }
+
+    #[test]
+    fn token_without_exp_is_refused_when_exp_is_required() {
+        let t = with(good_claims(), "es256", |c| {
+            c.remove("exp");
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::MissingExp);
+        let relaxed = Policy {
+            require_exp: false,
+            ..policy()
+        };
+        assert!(verify(&t, &relaxed, &keyset(), NOW).is_ok());
+    }
+
+    #[test]
+    fn non_numeric_exp_is_malformed() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("exp".into(), json!("tomorrow"));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::Malformed);
+    }
+
+    #[test]
+    fn wrong_or_missing_issuer_is_refused() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("iss".into(), json!("https://evil.test"));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::IssuerNotAllowed);
+        let t = with(good_claims(), "es256", |c| {
+            c.remove("iss");
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::IssuerNotAllowed);
+    }
+
+    #[test]
+    fn audience_must_contain_a_configured_one() {
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("aud".into(), json!(["billing", "orders"]));
+        });
+        assert!(check(&t).is_ok());
+        let t = with(good_claims(), "es256", |c| {
+            c.insert("aud".into(), json!("billing"));
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::AudienceNotAllowed);
+        let t = with(good_claims(), "es256", |c| {
+            c.remove("aud");
+        });
+        assert_eq!(check(&t).unwrap_err(), AuthnError::AudienceNotAllowed);
+        let any = Policy {
+            audiences: vec![],
+            ..policy()
+        };
+        assert!(
+            verify(&t, &any, &keyset(), NOW).is_ok(),
+            "no audiences configured: aud not checked"
+        );
+    }
+
+    #[test]
+    fn unknown_kid_is_refused() {
+        let t = token_with_header(
+            "es256",
+            &json!({"alg": "ES256", "kid": "nope"}),
+            &good_claims(),
+        );
+        assert_eq!(check(&t).unwrap_err(), AuthnError::UnknownKid);
+    }
+
+    #[test]
+    fn token_without_kid_is_tried_against_keys_that_fit() {
+        let t = token_with_header("eddsa", &json!({"alg": "EdDSA"}), &good_claims());
+        assert!(check(&t).is_ok());
+    }
+
+    #[test]
+    fn alg_none_is_refused_and_the_oracle_agrees() {
+        let header = crate::b64::encode(br#"{"alg":"none","kid":"rs256"}"#);
+        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        let t = format!("{header}.{payload}.");
+        assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
+        assert!(!oracle_accepts("rs256", &t));
+    }
+
+    #[test]
+    fn hs256_signed_with_the_rsa_public_key_is_refused() {
+        let public = signing_key("rs256").public_jwk();
+        let header = crate::b64::encode(br#"{"alg":"HS256","kid":"rs256"}"#);
+        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        for secret in [
+            public.to_string().into_bytes(),
+            crate::b64::decode(public["n"].as_str().unwrap().as_bytes()).unwrap(),
+        ] {
+            let mac = crate::sign::hmac(crate::alg::Hash::Sha256, &secret, input.as_bytes());
+            let t = format!("{input}.{}", crate::b64::encode(&mac));
+            assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
+        }
+    }
+
+    #[test]
+    fn algorithm_outside_the_allow_list_is_refused() {
+        let only_rs = Policy {
+            algorithms: vec![Alg::RS256],
+            ..policy()
+        };
+        let t = token("es256", &good_claims());
+        assert_eq!(
+            verify(&t, &only_rs, &keyset(), NOW).unwrap_err(),
+            AuthnError::AlgNotAllowed
+        );
+    }
+
+    #[test]
+    fn key_with_its_own_alg_refuses_another_alg_of_the_same_type() {
+        // rs256's JWK says alg RS256; a PS256 signature by the same private key is refused.
+        let mut jwk = private_jwk("rs256");
+        jwk["alg"] = json!("PS256");
+        let ps_signer = crate::sign::SigningKey::from_jwk(&jwk).unwrap();
+        let t = ps_signer.sign(&good_claims()).unwrap();
+        assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
+    }
+
+    #[test]
+    fn crit_header_is_refused_whatever_its_value() {
+        for crit in [json!(["exp"]), json!([]), json!(null)] {
+            let t = token_with_header(
+                "es256",
+                &json!({"alg": "ES256", "kid": "es256", "crit": crit}),
+                &good_claims(),
+            );
+            assert_eq!(check(&t).unwrap_err(), AuthnError::CritUnsupported);
+        }
+    }
+
+    #[test]
+    fn embedded_keys_in_the_header_are_ignored() {
+        // A jwk header naming the attacker's key must not be used to verify.
+        let attacker = signing_key("rs256-other").public_jwk();
+        let header = json!({"alg": "RS256", "kid": "rs256", "jwk": attacker, "jku": "http://evil/jwks", "x5u": "http://evil"});
+        let t = token_with_header("rs256-other", &header, &good_claims());
+        assert_eq!(check(&t).unwrap_err(), AuthnError::BadSignature);
+    }
+
+    #[test]
+    fn token_over_the_size_cap_is_refused_before_decoding() {
+        let small = Policy {
+            max_token_bytes: 100,
+            ..policy()
+        };
+        let t = token("es256", &good_claims());
+        assert_eq!(
+            verify(&t, &small, &keyset(), NOW).unwrap_err(),
+            AuthnError::TooLong
+        );
+        assert_eq!(
+            verify(&"x".repeat(101), &small, &keyset(), NOW).unwrap_err(),
+            AuthnError::TooLong
+        );
+    }
+
+    #[test]
+    fn non_strict_base64url_is_malformed() {
+        let t = token("es256", &good_claims());
+        let parts: Vec<&str> = t.split('.').collect();
+        let padded = format!("{}=.{}.{}", parts[0], parts[1], parts[2]);
+        let spaced = format!("{}. {}.{}", parts[0], parts[1], parts[2]);
+        let standard = format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1].replace('-', "+").replace('_', "/"),
+            parts[2]
+        );
+        for bad in [padded, spaced] {
+            assert_eq!(check(&bad).unwrap_err(), AuthnError::Malformed, "{bad}");
+        }
+        if standard != t {
+            assert_eq!(check(&standard).unwrap_err(), AuthnError::Malformed);
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_are_malformed() {
+        let t = token("es256", &good_claims());
+        for bad in [
+            String::new(),
+            "abc".to_owned(),
+            "a.b".to_owned(),
+            format!("{t}.extra"),
+            format!(
+                "{}.{}.x",
+                crate::b64::encode(b"[1]"),
+                crate::b64::encode(b"{}")
+            ),
+            format!(
+                "{}.{}.x",
+                crate::b64::encode(br#"{"alg":"ES256"}"#),
+                crate::b64::encode(b"[1,2]")
+            ),
+            format!(
+                "{}.{}.x",
+                crate::b64::encode(br#"{"alg":"ES256","kid":5}"#),
+                crate::b64::encode(b"{}")
+            ),
+        ] {
+            assert_eq!(check(&bad).unwrap_err(), AuthnError::Malformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_alg_in_the_header_is_malformed() {
+        let header = crate::b64::encode(br#"{"alg":"HS256","alg":"ES256","kid":"es256"}"#);
+        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        assert_eq!(
+            check(&format!("{header}.{payload}.AAAA")).unwrap_err(),
+            AuthnError::Malformed
+        );
+    }
+
+    #[test]
+    fn token_type_is_checked_when_configured() {
+        let at = Policy {
+            token_types: Some(vec![normalize_token_type("at+jwt")]),
+            ..policy()
+        };
+        let good = token_with_header(
+            "es256",
+            &json!({"alg": "ES256", "kid": "es256", "typ": "application/AT+JWT"}),
+            &good_claims(),
+        );
+        assert!(verify(&good, &at, &keyset(), NOW).is_ok());
+        let id_token = token("es256", &good_claims()); // typ JWT
+        assert_eq!(
+            verify(&id_token, &at, &keyset(), NOW).unwrap_err(),
+            AuthnError::TokenTypeNotAllowed
+        );
+        let untyped = token_with_header(
+            "es256",
+            &json!({"alg": "ES256", "kid": "es256"}),
+            &good_claims(),
+        );
+        assert_eq!(
+            verify(&untyped, &at, &keyset(), NOW).unwrap_err(),
+            AuthnError::TokenTypeNotAllowed
+        );
+    }
+
+    #[test]
+    fn looks_like_jwt_means_three_base64url_parts() {
+        assert!(looks_like_jwt("a.b.c"));
+        assert!(looks_like_jwt("a.b."));
+        assert!(!looks_like_jwt("opaque-token"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+        assert!(!looks_like_jwt("a+.b.c"));
+    }
 }

@@ -19,6 +19,8 @@ pub mod jwt;
 pub mod rules;
 pub mod sign;
 pub mod stats;
+#[cfg(test)]
+mod testutil;
 
 /// The crate version, logged by the filter at VM start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -14,7 +14,10 @@ pub enum RuleAction {
     /// No authentication; identity headers are still stripped.
     Anonymous,
     /// Authenticate with providers (indexes into `Config::providers`).
-    Authn { requirement: AuthnRequirement, optional: bool },
+    Authn {
+        requirement: AuthnRequirement,
+        optional: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,14 +73,19 @@ impl PathMatch {
         let rest = template.strip_prefix('/')?;
         let segments = rest
             .split('/')
-            .map(|segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
-                    Some(Segment::Param(name.to_owned()))
-                }
-                Some(_) => None,
-                None if segment.contains(['{', '}']) => None,
-                None => Some(Segment::Literal(segment.to_owned())),
-            })
+            .map(
+                |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name)
+                        if !name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                    {
+                        Some(Segment::Param(name.to_owned()))
+                    }
+                    Some(_) => None,
+                    None if segment.contains(['{', '}']) => None,
+                    None => Some(Segment::Literal(segment.to_owned())),
+                },
+            )
             .collect::<Option<Vec<_>>>()?;
         Some(PathMatch::Template(segments))
     }
@@ -87,13 +95,18 @@ impl PathMatch {
             PathMatch::Exact(exact) => path == exact,
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
             PathMatch::Template(segments) => {
-                let Some(rest) = path.strip_prefix('/') else { return false };
+                let Some(rest) = path.strip_prefix('/') else {
+                    return false;
+                };
                 let mut parts = rest.split('/');
-                segments.iter().all(|segment| match (segment, parts.next()) {
-                    (Segment::Literal(lit), Some(part)) => part == lit,
-                    (Segment::Param(_), Some(part)) => !part.is_empty(),
-                    (_, None) => false,
-                }) && parts.next().is_none()
+                segments
+                    .iter()
+                    .all(|segment| match (segment, parts.next()) {
+                        (Segment::Literal(lit), Some(part)) => part == lit,
+                        (Segment::Param(_), Some(part)) => !part.is_empty(),
+                        (_, None) => false,
+                    })
+                    && parts.next().is_none()
             }
         }
     }
@@ -107,7 +120,10 @@ impl Matcher {
             }
         }
         if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m.eq_ignore_ascii_case(&request.method)) {
+            if !methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&request.method))
+            {
                 return false;
             }
         }
@@ -121,7 +137,9 @@ impl Matcher {
             match m {
                 HeaderMatch::Present(want) => value.is_some() == *want,
                 HeaderMatch::Equals(expected) => value == Some(expected.as_str()),
-                HeaderMatch::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_str())),
+                HeaderMatch::Prefix(prefix) => {
+                    value.is_some_and(|v| v.starts_with(prefix.as_str()))
+                }
             }
         })
     }
@@ -133,9 +151,9 @@ fn host_matches(rule: &str, authority: &str) -> bool {
         return true;
     }
     !rule.contains(':')
-        && authority
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| port.bytes().all(|b| b.is_ascii_digit()) && host.eq_ignore_ascii_case(rule))
+        && authority.rsplit_once(':').is_some_and(|(host, port)| {
+            port.bytes().all(|b| b.is_ascii_digit()) && host.eq_ignore_ascii_case(rule)
+        })
 }
 
 /// The first rule whose matcher matches.
@@ -148,7 +166,12 @@ mod tests {
     use super::*;
 
     fn request(method: &str, path: &str, host: &str) -> Request {
-        Request { method: method.into(), path: path.into(), host: host.into(), headers: vec![("x-tenant".into(), "acme".into())] }
+        Request {
+            method: method.into(),
+            path: path.into(),
+            host: host.into(),
+            headers: vec![("x-tenant".into(), "acme".into())],
+        }
     }
 
     #[test]
@@ -158,21 +181,30 @@ mod tests {
 
     #[test]
     fn prefix_ignores_the_query_string() {
-        let m = Matcher { path: Some(PathMatch::Prefix("/healthz".into())), ..Matcher::default() };
+        let m = Matcher {
+            path: Some(PathMatch::Prefix("/healthz".into())),
+            ..Matcher::default()
+        };
         assert!(m.matches(&request("GET", "/healthz?verbose=1", "h")));
         assert!(!m.matches(&request("GET", "/api?next=/healthz", "h")));
     }
 
     #[test]
     fn exact_path_must_be_whole() {
-        let m = Matcher { path: Some(PathMatch::Exact("/a".into())), ..Matcher::default() };
+        let m = Matcher {
+            path: Some(PathMatch::Exact("/a".into())),
+            ..Matcher::default()
+        };
         assert!(m.matches(&request("GET", "/a?q", "h")));
         assert!(!m.matches(&request("GET", "/a/", "h")));
     }
 
     #[test]
     fn template_matches_one_segment_per_parameter() {
-        let m = Matcher { path: PathMatch::template("/users/{id}/orders"), ..Matcher::default() };
+        let m = Matcher {
+            path: PathMatch::template("/users/{id}/orders"),
+            ..Matcher::default()
+        };
         assert!(m.matches(&request("GET", "/users/42/orders", "h")));
         assert!(!m.matches(&request("GET", "/users//orders", "h")));
         assert!(!m.matches(&request("GET", "/users/42/orders/7", "h")));
@@ -197,7 +229,10 @@ mod tests {
         assert!(m.matches(&request("GET", "/", "API.example.com:8443")));
         assert!(!m.matches(&request("POST", "/", "api.example.com")));
         assert!(!m.matches(&request("GET", "/", "other.example.com")));
-        let absent = Matcher { headers: vec![("x-other".into(), HeaderMatch::Present(false))], ..Matcher::default() };
+        let absent = Matcher {
+            headers: vec![("x-other".into(), HeaderMatch::Present(false))],
+            ..Matcher::default()
+        };
         assert!(absent.matches(&request("GET", "/", "h")));
     }
 }

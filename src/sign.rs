@@ -44,28 +44,42 @@ impl SigningKey {
                     (Ok(p), Ok(q)) => vec![p, q],
                     _ => Vec::new(),
                 };
-                let key = rsa::RsaPrivateKey::from_components(big(obj, "n")?, big(obj, "e")?, big(obj, "d")?, primes)
-                    .map_err(|e| format!("invalid RSA key: {e}"))?;
+                let key = rsa::RsaPrivateKey::from_components(
+                    big(obj, "n")?,
+                    big(obj, "e")?,
+                    big(obj, "d")?,
+                    primes,
+                )
+                .map_err(|e| format!("invalid RSA key: {e}"))?;
                 Secret::Rsa(Box::new(key))
             }
             (Some("EC"), Some("P-256")) => Secret::P256(
-                p256::ecdsa::SigningKey::from_slice(&member(obj, "d")?).map_err(|_| "invalid P-256 \"d\"")?,
+                p256::ecdsa::SigningKey::from_slice(&member(obj, "d")?)
+                    .map_err(|_| "invalid P-256 \"d\"")?,
             ),
             (Some("EC"), Some("P-384")) => Secret::P384(
-                p384::ecdsa::SigningKey::from_slice(&member(obj, "d")?).map_err(|_| "invalid P-384 \"d\"")?,
+                p384::ecdsa::SigningKey::from_slice(&member(obj, "d")?)
+                    .map_err(|_| "invalid P-384 \"d\"")?,
             ),
             (Some("OKP"), Some("Ed25519")) => {
-                let seed = ed25519_compact::Seed::from_slice(&member(obj, "d")?).map_err(|_| "invalid Ed25519 \"d\"")?;
+                let seed = ed25519_compact::Seed::from_slice(&member(obj, "d")?)
+                    .map_err(|_| "invalid Ed25519 \"d\"")?;
                 Secret::Ed25519(ed25519_compact::KeyPair::from_seed(seed))
             }
             (Some("oct"), _) => Secret::Oct(member(obj, "k")?),
             _ => return Err("unsupported \"kty\"/\"crv\" for signing".into()),
         };
         let alg = match text("alg") {
-            Some(name) => Alg::from_name(name).ok_or_else(|| format!("unsupported \"alg\" {name:?}"))?,
+            Some(name) => {
+                Alg::from_name(name).ok_or_else(|| format!("unsupported \"alg\" {name:?}"))?
+            }
             None => secret.default_alg(),
         };
-        let key = SigningKey { kid: text("kid").map(str::to_owned), alg, secret };
+        let key = SigningKey {
+            kid: text("kid").map(str::to_owned),
+            alg,
+            secret,
+        };
         if !key.public_fits(alg) {
             return Err(format!("\"alg\" {alg} does not fit this key"));
         }
@@ -102,7 +116,9 @@ impl SigningKey {
                        "x": b64::encode(point.x().map(|x| x.as_slice()).unwrap_or_default()),
                        "y": b64::encode(point.y().map(|y| y.as_slice()).unwrap_or_default())})
             }
-            Secret::Ed25519(pair) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64::encode(pair.pk.as_ref())}),
+            Secret::Ed25519(pair) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64::encode(pair.pk.as_ref())})
+            }
             Secret::Oct(k) => json!({"kty": "oct", "k": b64::encode(k)}),
         };
         if let Some(obj) = jwk.as_object_mut() {
@@ -180,9 +196,18 @@ pub fn hmac(hash: Hash, secret: &[u8], message: &[u8]) -> Vec<u8> {
 fn sign_rsa(key: &rsa::RsaPrivateKey, alg: Alg, message: &[u8]) -> Result<Vec<u8>, String> {
     let pss = matches!(alg, Alg::PS256 | Alg::PS384 | Alg::PS512);
     let (digest, pkcs1) = match alg.hash() {
-        Hash::Sha256 => (sha2::Sha256::digest(message).to_vec(), rsa::Pkcs1v15Sign::new::<sha2::Sha256>()),
-        Hash::Sha384 => (sha2::Sha384::digest(message).to_vec(), rsa::Pkcs1v15Sign::new::<sha2::Sha384>()),
-        Hash::Sha512 => (sha2::Sha512::digest(message).to_vec(), rsa::Pkcs1v15Sign::new::<sha2::Sha512>()),
+        Hash::Sha256 => (
+            sha2::Sha256::digest(message).to_vec(),
+            rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+        ),
+        Hash::Sha384 => (
+            sha2::Sha384::digest(message).to_vec(),
+            rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+        ),
+        Hash::Sha512 => (
+            sha2::Sha512::digest(message).to_vec(),
+            rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
+        ),
     };
     if !pss {
         return key.sign(pkcs1, &digest).map_err(|e| e.to_string());
@@ -198,7 +223,8 @@ fn sign_pss(key: &rsa::RsaPrivateKey, hash: Hash, digest: &[u8]) -> Result<Vec<u
         Hash::Sha384 => rsa::Pss::new::<sha2::Sha384>(),
         Hash::Sha512 => rsa::Pss::new::<sha2::Sha512>(),
     };
-    key.sign_with_rng(&mut rng, scheme, digest).map_err(|e| e.to_string())
+    key.sign_with_rng(&mut rng, scheme, digest)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "cli"))]
@@ -223,7 +249,11 @@ pub fn generate_jwk(alg: Alg, kid: &str) -> Result<Value, String> {
                    "d": b64::encode(&key.d().to_bytes_be()), "p": b64::encode(&p.to_bytes_be()), "q": b64::encode(&q.to_bytes_be())})
         }
         Alg::ES256 | Alg::ES384 => {
-            let (len, crv) = if alg == Alg::ES256 { (32, "P-256") } else { (48, "P-384") };
+            let (len, crv) = if alg == Alg::ES256 {
+                (32, "P-256")
+            } else {
+                (48, "P-384")
+            };
             let mut d = vec![0u8; len];
             // A random scalar is out of range with negligible probability; retry if so.
             let mut tries = 0;

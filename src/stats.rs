@@ -28,7 +28,10 @@ mod tests {
     #[test]
     fn counter_names_follow_the_contract() {
         assert_eq!(Counter::Allowed.name(), "tokengate.allowed");
-        assert_eq!(Counter::Denied("expired").name(), "tokengate.denied.expired");
+        assert_eq!(
+            Counter::Denied("expired").name(),
+            "tokengate.denied.expired"
+        );
         assert_eq!(Counter::CacheHit.name(), "tokengate.cache.hit");
         assert_eq!(Counter::CacheMiss.name(), "tokengate.cache.miss");
     }

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
 fn read_input(path: &str) -> Result<Vec<u8>, String> {
     if path == "-" {
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map_err(|e| format!("stdin: {e}"))?;
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map_err(|e| format!("stdin: {e}"))?;
         Ok(bytes)
     } else {
         std::fs::read(path).map_err(|e| format!("{path}: {e}"))
@@ -83,7 +84,9 @@ fn parse_duration(text: &str) -> Result<i64, String> {
         Some(i) => digits.split_at(i),
         None => (digits, "s"),
     };
-    let number: i64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
@@ -91,24 +94,35 @@ fn parse_duration(text: &str) -> Result<i64, String> {
         "d" => 86400,
         _ => return Err(format!("bad duration unit in {text:?} (s, m, h or d)")),
     };
-    Ok(if negative { -number * scale } else { number * scale })
+    Ok(if negative {
+        -number * scale
+    } else {
+        number * scale
+    })
 }
 
 /// Sets `value` at a dotted `path` inside `claims`, creating objects on the way.
 fn set_claim(claims: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), String> {
     let mut parts: Vec<&str> = path.split('.').collect();
-    let last = parts.pop().filter(|p| !p.is_empty()).ok_or_else(|| format!("bad claim name {path:?}"))?;
+    let last = parts
+        .pop()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("bad claim name {path:?}"))?;
     let mut object = claims;
     for part in parts {
         let entry = object.entry(part.to_owned()).or_insert_with(|| json!({}));
-        object = entry.as_object_mut().ok_or_else(|| format!("{part:?} in {path:?} is not an object"))?;
+        object = entry
+            .as_object_mut()
+            .ok_or_else(|| format!("{part:?} in {path:?} is not an object"))?;
     }
     object.insert(last.to_owned(), value);
     Ok(())
 }
 
 fn value_of<'a>(args: &'a [String], i: usize, flag: &str) -> Result<&'a str, String> {
-    args.get(i + 1).map(String::as_str).ok_or_else(|| format!("{flag} needs a value"))
+    args.get(i + 1)
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 fn token(args: &[String]) -> Result<(), String> {
@@ -135,11 +149,17 @@ fn token(args: &[String]) -> Result<(), String> {
             "--sub" => set_claim(&mut claims, "sub", json!(value_of(args, i, flag)?))?,
             "--aud" => audiences.push(value_of(args, i, flag)?.to_owned()),
             "--exp-in" => exp_in = Some(parse_duration(value_of(args, i, flag)?)?),
-            "--nbf-in" => set_claim(&mut claims, "nbf", json!(now + parse_duration(value_of(args, i, flag)?)?))?,
+            "--nbf-in" => set_claim(
+                &mut claims,
+                "nbf",
+                json!(now + parse_duration(value_of(args, i, flag)?)?),
+            )?,
             "--typ" => typ = Some(value_of(args, i, flag)?.to_owned()),
             "--claim" => {
                 let pair = value_of(args, i, flag)?;
-                let (name, raw) = pair.split_once('=').ok_or_else(|| format!("--claim {pair:?}: expected NAME=VALUE"))?;
+                let (name, raw) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--claim {pair:?}: expected NAME=VALUE"))?;
                 let value = serde_json::from_str(raw).unwrap_or_else(|_| json!(raw));
                 set_claim(&mut claims, name, value)?;
             }
@@ -148,7 +168,8 @@ fn token(args: &[String]) -> Result<(), String> {
         i += 2;
     }
     let key_path = key_path.ok_or("--key is required")?;
-    let jwk: Value = serde_json::from_slice(&read_input(&key_path)?).map_err(|e| format!("{key_path}: {e}"))?;
+    let jwk: Value =
+        serde_json::from_slice(&read_input(&key_path)?).map_err(|e| format!("{key_path}: {e}"))?;
     let key = SigningKey::from_jwk(&jwk).map_err(|e| format!("{key_path}: {e}"))?;
     match audiences.as_slice() {
         [] => {}
@@ -176,7 +197,9 @@ fn keygen(args: &[String]) -> Result<(), String> {
         let flag = args.get(i).map(String::as_str).unwrap_or_default();
         let value = value_of(args, i, flag)?;
         match flag {
-            "--alg" => alg = Alg::from_name(value).ok_or_else(|| format!("unsupported --alg {value:?}"))?,
+            "--alg" => {
+                alg = Alg::from_name(value).ok_or_else(|| format!("unsupported --alg {value:?}"))?
+            }
             "--kid" => kid = Some(value.to_owned()),
             "--out" => out = value.to_owned(),
             _ => return Err(format!("unknown option {flag:?}\n{USAGE}")),
@@ -188,7 +211,10 @@ fn keygen(args: &[String]) -> Result<(), String> {
     let public = SigningKey::from_jwk(&jwk)?.public_jwk();
     std::fs::create_dir_all(&out).map_err(|e| format!("{out}: {e}"))?;
     let key_path = format!("{out}/{kid}.jwk");
-    write_private(&key_path, &serde_json::to_string_pretty(&jwk).map_err(|e| e.to_string())?)?;
+    write_private(
+        &key_path,
+        &serde_json::to_string_pretty(&jwk).map_err(|e| e.to_string())?,
+    )?;
 
     // Add to (or replace in) the directory's public key set.
     let jwks_path = format!("{out}/jwks.json");
@@ -239,6 +265,9 @@ mod tests {
         let mut claims = Map::new();
         set_claim(&mut claims, "realm_access.roles", json!(["a"])).unwrap();
         set_claim(&mut claims, "realm_access.x", json!(1)).unwrap();
-        assert_eq!(Value::Object(claims), json!({"realm_access": {"roles": ["a"], "x": 1}}));
+        assert_eq!(
+            Value::Object(claims),
+            json!({"realm_access": {"roles": ["a"], "x": 1}})
+        );
     }
 }

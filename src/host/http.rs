@@ -57,7 +57,9 @@ impl HttpContext for Http {
                 for edit in edits {
                     match edit {
                         HeaderEdit::Remove(name) => self.set_http_request_header(&name, None),
-                        HeaderEdit::Set(name, value) => self.set_http_request_header(&name, Some(&value)),
+                        HeaderEdit::Set(name, value) => {
+                            self.set_http_request_header(&name, Some(&value))
+                        }
                     }
                 }
                 Action::Continue

@@ -64,7 +64,10 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
-        log::info!("tokengate {} (revision {REVISION}) starting", crate::VERSION);
+        log::info!(
+            "tokengate {} (revision {REVISION}) starting",
+            crate::VERSION
+        );
         true
     }
 
@@ -72,13 +75,21 @@ impl RootContext for Root {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::from_json(&bytes) {
             Ok(config) => {
-                let cache = TokenCache::new(config.providers.len(), DEFAULT_MAX_ENTRIES, DEFAULT_MAX_BYTES);
+                let cache = TokenCache::new(
+                    config.providers.len(),
+                    DEFAULT_MAX_ENTRIES,
+                    DEFAULT_MAX_BYTES,
+                );
                 log::info!(
                     "tokengate: configured {} provider(s), {} rule(s)",
                     config.providers.len(),
                     config.rules.len()
                 );
-                self.state = Some(Rc::new(VmState { config, cache: RefCell::new(cache), metrics: Metrics::default() }));
+                self.state = Some(Rc::new(VmState {
+                    config,
+                    cache: RefCell::new(cache),
+                    metrics: Metrics::default(),
+                }));
                 true
             }
             Err(e) => {
