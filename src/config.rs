@@ -7,6 +7,7 @@ use crate::claims::{ClaimPath, Forward};
 use crate::extract::Source;
 use crate::jwks::KeySet;
 use crate::jwt::{normalize_token_type, Policy};
+use crate::remote::{self, Location, RemoteSpec, Uri};
 use crate::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
 use serde::Deserialize;
 use serde_json::Value;
@@ -94,6 +95,8 @@ pub struct RawJwks {
     pub cache_secs: Option<u64>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub unknown_kid_refetch_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +192,8 @@ pub struct RawAuthn {
 #[derive(Debug, Clone)]
 pub enum KeySource {
     Inline(Rc<KeySet>),
+    /// Fetched by HTTP callout; the host keeps the current set.
+    Remote(RemoteSpec),
 }
 
 /// A validated JWT provider.
@@ -319,8 +324,7 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         ));
     }
 
-    let keys = compile_jwks(&at("jwks"), raw.jwks)?;
-    let KeySource::Inline(set) = &keys;
+    let keys = compile_jwks(name, &at("jwks"), raw.jwks, &raw.issuer)?;
 
     let algorithms = match raw.algorithms {
         Some(names) => {
@@ -338,7 +342,11 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
                         format!("unsupported algorithm {name:?}"),
                     )
                 })?;
-                if alg.is_symmetric() && !set.keys().iter().any(|k| k.allows(alg)) {
+                let inline_key_fits = match &keys {
+                    KeySource::Inline(set) => set.any_allows(alg),
+                    KeySource::Remote(_) => false,
+                };
+                if alg.is_symmetric() && !inline_key_fits {
                     return Err(ConfigError::new(
                         format!("{}[{i}]", at("algorithms")),
                         format!("{name} needs an inline \"oct\" key of at least the hash size"),
@@ -405,7 +413,12 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
     })
 }
 
-fn compile_jwks(at: &str, raw: RawJwks) -> Result<KeySource, ConfigError> {
+fn compile_jwks(
+    provider: &str,
+    at: &str,
+    raw: RawJwks,
+    issuer: &str,
+) -> Result<KeySource, ConfigError> {
     let chosen = [
         raw.inline.is_some(),
         raw.uri.is_some(),
@@ -420,38 +433,82 @@ fn compile_jwks(at: &str, raw: RawJwks) -> Result<KeySource, ConfigError> {
             "exactly one of \"inline\", \"uri\" or \"discovery\" is required",
         ));
     }
-    match raw.inline {
-        Some(inline) => {
-            if raw.cluster.is_some() || raw.cache_secs.is_some() || raw.timeout_ms.is_some() {
-                return Err(ConfigError::new(
-                    at,
-                    "\"cluster\", \"cache_secs\" and \"timeout_ms\" are for remote key sets",
-                ));
-            }
-            let parsed = KeySet::from_value(&inline)
-                .map_err(|e| ConfigError::new(format!("{at}.inline"), e.to_string()))?;
-            // An inline set is written by the operator: a key we would skip is a mistake
-            // worth refusing, except keys that are simply not for signatures.
-            if let Some(bad) = parsed.skipped.iter().find(|s| !s.reason.is_benign()) {
-                return Err(ConfigError::new(
-                    format!("{at}.inline.keys[{}]", bad.index),
-                    bad.reason.describe(),
-                ));
-            }
-            Ok(KeySource::Inline(Rc::new(parsed.set)))
+    if let Some(inline) = raw.inline {
+        if raw.cluster.is_some()
+            || raw.cache_secs.is_some()
+            || raw.timeout_ms.is_some()
+            || raw.unknown_kid_refetch_secs.is_some()
+        {
+            return Err(ConfigError::new(
+                at,
+                "\"cluster\", \"cache_secs\", \"timeout_ms\" and \"unknown_kid_refetch_secs\" are for remote key sets",
+            ));
         }
-        None => {
-            let field = if raw.uri.is_some() {
-                "uri"
-            } else {
-                "discovery"
-            };
-            Err(ConfigError::new(
-                format!("{at}.{field}"),
-                "remote key sets are not supported by this version of tokengate",
+        let parsed = KeySet::from_value(&inline)
+            .map_err(|e| ConfigError::new(format!("{at}.inline"), e.to_string()))?;
+        // An inline set is written by the operator: a key we would skip is a mistake
+        // worth refusing, except keys that are simply not for signatures.
+        if let Some(bad) = parsed.skipped.iter().find(|s| !s.reason.is_benign()) {
+            return Err(ConfigError::new(
+                format!("{at}.inline.keys[{}]", bad.index),
+                bad.reason.describe(),
+            ));
+        }
+        return Ok(KeySource::Inline(Rc::new(parsed.set)));
+    }
+    let (field, text) = match (raw.uri, raw.discovery) {
+        (Some(uri), _) => ("uri", uri),
+        (None, Some(discovery)) => ("discovery", discovery),
+        (None, None) => {
+            return Err(ConfigError::new(
+                at,
+                "exactly one of \"inline\", \"uri\" or \"discovery\" is required",
             ))
         }
+    };
+    let uri = Uri::parse(&text).ok_or_else(|| {
+        ConfigError::new(
+            format!("{at}.{field}"),
+            "must be an http:// or https:// URI with a host",
+        )
+    })?;
+    let cluster = raw.cluster.filter(|c| !c.is_empty()).ok_or_else(|| {
+        ConfigError::new(
+            format!("{at}.cluster"),
+            "the Envoy cluster to fetch through is required",
+        )
+    })?;
+    let cache_secs = raw.cache_secs.unwrap_or(remote::DEFAULT_CACHE_SECS);
+    if !(1..=7 * 86400).contains(&cache_secs) {
+        return Err(ConfigError::new(
+            format!("{at}.cache_secs"),
+            "must be between 1 and 604800",
+        ));
     }
+    let timeout_ms = raw.timeout_ms.unwrap_or(remote::DEFAULT_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::new(
+            format!("{at}.timeout_ms"),
+            "must be between 1 and 60000",
+        ));
+    }
+    let unknown_kid_refetch_secs = raw
+        .unknown_kid_refetch_secs
+        .unwrap_or(remote::DEFAULT_UNKNOWN_KID_REFETCH_SECS);
+    let location = if field == "uri" {
+        Location::Jwks(uri)
+    } else {
+        Location::Discovery(uri)
+    };
+    Ok(KeySource::Remote(RemoteSpec {
+        location,
+        cluster,
+        cache_secs,
+        timeout_ms,
+        unknown_kid_refetch_secs,
+        issuer: issuer.to_owned(),
+        shared_key: format!("tokengate.jwks.{provider}.{text}"),
+    }))
 }
 
 fn compile_source(at: &str, raw: RawSource) -> Result<Source, ConfigError> {

@@ -6,6 +6,7 @@ use crate::config::{Config, KeySource, Provider};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::extract::{Found, HeaderEdit, Request};
+use crate::jwks::KeySet;
 use crate::jwt;
 use crate::rules::{first_match, AuthnRequirement, RuleAction};
 use crate::stats::Counter;
@@ -18,6 +19,46 @@ pub enum Outcome {
     Forward(Vec<HeaderEdit>),
     /// Answer it here.
     Deny(Deny),
+    /// Pause until these providers' keys change (first fetch, or a refetch for an
+    /// unknown `kid`) or a bound passes, then decide again with `waited = true`.
+    Wait(Vec<usize>),
+}
+
+/// What the host knows about a remote provider's keys right now.
+#[derive(Debug, Clone)]
+pub enum Keys {
+    Ready(Rc<KeySet>),
+    /// None yet, and a fetch is expected: worth waiting for.
+    Pending,
+    /// None, and nothing to wait for (fetches failing, backing off).
+    Unavailable,
+}
+
+/// The host's view of remote key sets. Inline keys never go through here.
+pub trait Keyring {
+    fn keys(&self, provider: usize) -> Keys;
+    /// A token's `kid` is not in the provider's set: true if a refetch is under way or
+    /// was just started for it (rate-limited), so the request should wait for it.
+    fn refetch_for_unknown_kid(&self, provider: usize) -> bool;
+}
+
+/// A keyring for configurations with only inline keys (and for tests).
+pub struct NoRemoteKeys;
+
+impl Keyring for NoRemoteKeys {
+    fn keys(&self, _: usize) -> Keys {
+        Keys::Unavailable
+    }
+    fn refetch_for_unknown_kid(&self, _: usize) -> bool {
+        false
+    }
+}
+
+/// Why one provider did not produce an identity.
+enum NotVerified {
+    Refused(AuthnError),
+    /// Its keys may arrive soon.
+    Wait,
 }
 
 /// The outcome plus what the host should count and log.
@@ -30,8 +71,16 @@ pub struct Decision {
     pub refusal: Option<Refusal>,
 }
 
-/// Decides one request. `cache` is the VM's verified-token cache.
-pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCache) -> Decision {
+/// Decides one request. `cache` is the VM's verified-token cache; `waited` is true when
+/// the request already paused once for keys (it will not be asked to wait again).
+pub fn decide(
+    config: &Config,
+    keyring: &dyn Keyring,
+    request: &Request,
+    now: u64,
+    cache: &mut TokenCache,
+    waited: bool,
+) -> Decision {
     let mut counters = Vec::with_capacity(2);
     // Identity headers go first, on every route: a client can't spoof them.
     let mut edits: Vec<HeaderEdit> = config
@@ -86,18 +135,25 @@ pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCac
 
     let mut verified: Vec<(Rc<Identity>, &Found)> = Vec::new();
     let mut worst: Option<AuthnError> = None;
+    let mut waits: Vec<usize> = Vec::new();
+    let context = Context {
+        keyring,
+        now,
+        waited,
+    };
     for (id, found) in &attempts {
         let Some(provider) = config.providers.get(*id) else {
             continue;
         };
-        match authenticate(*id, provider, &found.token, now, cache, &mut counters) {
+        match authenticate(&context, *id, provider, &found.token, cache, &mut counters) {
             Ok(identity) => {
                 verified.push((identity, found));
                 if matches!(requirement, AuthnRequirement::Any(_)) {
                     break;
                 }
             }
-            Err(e) => {
+            Err(NotVerified::Wait) => waits.push(*id),
+            Err(NotVerified::Refused(e)) => {
                 if matches!(requirement, AuthnRequirement::All(_)) {
                     return refuse(config, Refusal::Authn(e), rule_name, counters);
                 }
@@ -112,6 +168,14 @@ pub fn decide(config: &Config, request: &Request, now: u64, cache: &mut TokenCac
         AuthnRequirement::All(ids) => verified.len() == ids.len(),
     };
     if !satisfied {
+        if !waits.is_empty() {
+            return Decision {
+                outcome: Outcome::Wait(waits),
+                counters,
+                rule: rule_name,
+                refusal: None,
+            };
+        }
         let error = worst.unwrap_or(AuthnError::Missing);
         return refuse(config, Refusal::Authn(error), rule_name, counters);
     }
@@ -150,17 +214,25 @@ fn find_token(provider: &Provider, request: &Request) -> Option<Found> {
         .find_map(|source| source.find(request))
 }
 
+/// What `authenticate` needs besides the token.
+struct Context<'a> {
+    keyring: &'a dyn Keyring,
+    now: u64,
+    waited: bool,
+}
+
 fn authenticate(
+    context: &Context<'_>,
     id: usize,
     provider: &Provider,
     token: &str,
-    now: u64,
     cache: &mut TokenCache,
     counters: &mut Vec<Counter>,
-) -> Result<Rc<Identity>, AuthnError> {
+) -> Result<Rc<Identity>, NotVerified> {
+    let now = context.now;
     // Checked before the cache so an oversized token costs nothing, not even a hash.
     if token.len() > provider.policy.max_token_bytes {
-        return Err(AuthnError::TooLong);
+        return Err(NotVerified::Refused(AuthnError::TooLong));
     }
     if let Some(entry) = cache.get(id, token) {
         counters.push(Counter::CacheHit);
@@ -169,13 +241,32 @@ fn authenticate(
             Ok(()) => Ok(identity),
             Err(e) => {
                 cache.remove(id, token);
-                Err(e)
+                Err(NotVerified::Refused(e))
             }
         };
     }
+    let keys = match &provider.keys {
+        KeySource::Inline(keys) => keys.clone(),
+        KeySource::Remote(_) => match context.keyring.keys(id) {
+            Keys::Ready(keys) => keys,
+            Keys::Pending if !context.waited => return Err(NotVerified::Wait),
+            Keys::Pending | Keys::Unavailable => {
+                return Err(NotVerified::Refused(AuthnError::KeysUnavailable))
+            }
+        },
+    };
     counters.push(Counter::CacheMiss);
-    let KeySource::Inline(keys) = &provider.keys;
-    let verified = jwt::verify(token, &provider.policy, keys, now)?;
+    let verified = match jwt::verify(token, &provider.policy, &keys, now) {
+        Ok(verified) => verified,
+        Err(AuthnError::UnknownKid)
+            if matches!(provider.keys, KeySource::Remote(_))
+                && !context.waited
+                && context.keyring.refetch_for_unknown_kid(id) =>
+        {
+            return Err(NotVerified::Wait);
+        }
+        Err(e) => return Err(NotVerified::Refused(e)),
+    };
     let headers = provider
         .forward
         .identity_headers(&verified.claims, &verified.payload_segment);
@@ -272,7 +363,7 @@ mod tests {
     }
 
     fn run(config: &Config, req: &Request) -> Decision {
-        decide(config, req, NOW, &mut cache(config))
+        decide(config, &NoRemoteKeys, req, NOW, &mut cache(config), false)
     }
 
     fn bearer(token: &str) -> String {
@@ -282,7 +373,7 @@ mod tests {
     fn refused_with(decision: &Decision) -> Option<Refusal> {
         match decision.outcome {
             Outcome::Deny(_) => decision.refusal,
-            Outcome::Forward(_) => None,
+            Outcome::Forward(_) | Outcome::Wait(_) => None,
         }
     }
 
@@ -399,16 +490,23 @@ mod tests {
         let auth = bearer(&token("eddsa", &good_claims()));
         let req = request("/api", &[("authorization", &auth)]);
         assert_eq!(
-            decide(&config, &req, NOW, &mut cache).counters,
+            decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false).counters,
             vec![Counter::CacheMiss, Counter::Allowed]
         );
-        let again = decide(&config, &req, NOW + 1, &mut cache);
+        let again = decide(&config, &NoRemoteKeys, &req, NOW + 1, &mut cache, false);
         assert_eq!(again.counters, vec![Counter::CacheHit, Counter::Allowed]);
         assert_eq!(
             again.outcome,
-            decide(&config, &req, NOW, &mut cache).outcome
+            decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false).outcome
         );
-        let later = decide(&config, &req, NOW + 600 + 60, &mut cache);
+        let later = decide(
+            &config,
+            &NoRemoteKeys,
+            &req,
+            NOW + 600 + 60,
+            &mut cache,
+            false,
+        );
         assert_eq!(
             refused_with(&later),
             Some(Refusal::Authn(AuthnError::Expired))
@@ -424,7 +522,7 @@ mod tests {
         claims["aud"] = json!("billing");
         let auth = bearer(&token("es256", &claims));
         let req = request("/api", &[("authorization", &auth)]);
-        decide(&config, &req, NOW, &mut cache);
+        decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false);
         assert!(cache.is_empty());
     }
 
@@ -558,5 +656,147 @@ mod tests {
             Some(Refusal::Authn(AuthnError::TooLong))
         );
         assert_eq!(decision.counters, vec![Counter::Denied("too_long")]);
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+    use crate::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
+    use crate::testutil::*;
+    use serde_json::json;
+    use std::cell::Cell;
+
+    /// A keyring whose state the test sets, counting refetch requests.
+    struct FakeKeyring {
+        keys: Keys,
+        allow_refetch: bool,
+        refetches: Cell<usize>,
+    }
+
+    impl Keyring for FakeKeyring {
+        fn keys(&self, _: usize) -> Keys {
+            self.keys.clone()
+        }
+        fn refetch_for_unknown_kid(&self, _: usize) -> bool {
+            self.refetches.set(self.refetches.get() + 1);
+            self.allow_refetch
+        }
+    }
+
+    fn remote_config() -> Config {
+        let doc = json!({
+            "providers": { "corp": {
+                "issuer": ISSUER,
+                "jwks": { "uri": "http://idp:8080/certs", "cluster": "idp" }
+            } }
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn ring(keys: Keys, allow_refetch: bool) -> FakeKeyring {
+        FakeKeyring {
+            keys,
+            allow_refetch,
+            refetches: Cell::new(0),
+        }
+    }
+
+    fn decide_with(ring: &FakeKeyring, token: &str, waited: bool) -> Decision {
+        let config = remote_config();
+        let mut cache = TokenCache::new(1, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_BYTES);
+        let request = Request {
+            method: "GET".into(),
+            path: "/".into(),
+            host: "svc".into(),
+            headers: vec![("authorization".into(), format!("Bearer {token}"))],
+        };
+        decide(&config, ring, &request, NOW, &mut cache, waited)
+    }
+
+    fn status(decision: &Decision) -> Option<u32> {
+        match &decision.outcome {
+            Outcome::Deny(deny) => Some(deny.status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn request_waits_for_the_first_fetch_then_gets_503() {
+        let pending = ring(Keys::Pending, false);
+        let t = token("rs256", &good_claims());
+        assert_eq!(
+            decide_with(&pending, &t, false).outcome,
+            Outcome::Wait(vec![0])
+        );
+        let after = decide_with(&pending, &t, true);
+        assert_eq!(
+            after.refusal,
+            Some(Refusal::Authn(AuthnError::KeysUnavailable))
+        );
+        assert_eq!(status(&after), Some(503));
+    }
+
+    #[test]
+    fn keys_unavailable_without_a_fetch_coming_is_503_at_once() {
+        let down = ring(Keys::Unavailable, false);
+        assert_eq!(
+            status(&decide_with(&down, &token("rs256", &good_claims()), false)),
+            Some(503)
+        );
+    }
+
+    #[test]
+    fn remote_keys_verify_like_inline_ones() {
+        let ready = ring(Keys::Ready(Rc::new(keyset())), false);
+        assert!(matches!(
+            decide_with(&ready, &token("es256", &good_claims()), false).outcome,
+            Outcome::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_kid_waits_for_a_refetch_once_then_is_invalid_token() {
+        let ready = ring(Keys::Ready(Rc::new(keyset())), true);
+        let t = token_with_header(
+            "es256",
+            &json!({"alg": "ES256", "kid": "rotated"}),
+            &good_claims(),
+        );
+        assert_eq!(
+            decide_with(&ready, &t, false).outcome,
+            Outcome::Wait(vec![0])
+        );
+        let after = decide_with(&ready, &t, true);
+        assert_eq!(after.refusal, Some(Refusal::Authn(AuthnError::UnknownKid)));
+        assert_eq!(status(&after), Some(401));
+        assert_eq!(ready.refetches.get(), 1, "no second refetch after waiting");
+    }
+
+    #[test]
+    fn unknown_kid_is_refused_at_once_when_refetch_is_rate_limited() {
+        let limited = ring(Keys::Ready(Rc::new(keyset())), false);
+        let t = token_with_header(
+            "es256",
+            &json!({"alg": "ES256", "kid": "random"}),
+            &good_claims(),
+        );
+        assert_eq!(
+            decide_with(&limited, &t, false).refusal,
+            Some(Refusal::Authn(AuthnError::UnknownKid))
+        );
+    }
+
+    #[test]
+    fn expired_token_with_unknown_kid_never_asks_for_a_refetch() {
+        let ready = ring(Keys::Ready(Rc::new(keyset())), true);
+        let mut claims = good_claims();
+        claims["exp"] = json!(NOW - 3600);
+        let t = token_with_header("es256", &json!({"alg": "ES256", "kid": "random"}), &claims);
+        assert_eq!(
+            decide_with(&ready, &t, false).refusal,
+            Some(Refusal::Authn(AuthnError::Expired))
+        );
+        assert_eq!(ready.refetches.get(), 0);
     }
 }

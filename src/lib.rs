@@ -16,6 +16,7 @@ pub mod flow;
 pub mod host;
 pub mod jwks;
 pub mod jwt;
+pub mod remote;
 pub mod rules;
 pub mod sign;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! Metric names. Envoy shows proxy-wasm metrics with its own prefix (`wasmcustom.`).
 
-/// A counter the flow asks the host to increment.
+/// A counter the core or the host asks to increment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
     Allowed,
@@ -8,6 +8,14 @@ pub enum Counter {
     Denied(&'static str),
     CacheHit,
     CacheMiss,
+    JwksFetchSuccess,
+    JwksFetchFailure,
+    /// A refetch started because a token's `kid` was not in the set.
+    JwksRefetchUnknownKid,
+    /// A request verified with keys past their time to live (refreshes failing).
+    JwksStaleServed,
+    /// A discovery document named another issuer.
+    JwksDiscoveryIssuerMismatch,
 }
 
 impl Counter {
@@ -17,8 +25,20 @@ impl Counter {
             Counter::Denied(reason) => format!("tokengate.denied.{reason}"),
             Counter::CacheHit => "tokengate.cache.hit".into(),
             Counter::CacheMiss => "tokengate.cache.miss".into(),
+            Counter::JwksFetchSuccess => "tokengate.jwks.fetch.success".into(),
+            Counter::JwksFetchFailure => "tokengate.jwks.fetch.failure".into(),
+            Counter::JwksRefetchUnknownKid => "tokengate.jwks.refetch_unknown_kid".into(),
+            Counter::JwksStaleServed => "tokengate.jwks.stale_served".into(),
+            Counter::JwksDiscoveryIssuerMismatch => {
+                "tokengate.jwks.discovery_issuer_mismatch".into()
+            }
         }
     }
+}
+
+/// The gauge holding the age of a provider's key set, in seconds.
+pub fn key_age_gauge(provider: &str) -> String {
+    format!("tokengate.jwks.{provider}.age_secs")
 }
 
 #[cfg(test)]
@@ -34,5 +54,14 @@ mod tests {
         );
         assert_eq!(Counter::CacheHit.name(), "tokengate.cache.hit");
         assert_eq!(Counter::CacheMiss.name(), "tokengate.cache.miss");
+        assert_eq!(
+            Counter::JwksFetchSuccess.name(),
+            "tokengate.jwks.fetch.success"
+        );
+        assert_eq!(
+            Counter::JwksStaleServed.name(),
+            "tokengate.jwks.stale_served"
+        );
+        assert_eq!(key_age_gauge("corp"), "tokengate.jwks.corp.age_secs");
     }
 }

@@ -1,25 +1,47 @@
-//! The HTTP context: read the request, ask the core, apply the decision.
+//! The HTTP context: read the request, ask the core, apply the decision; park the
+//! request when the core says to wait for keys.
 
-use super::root::VmState;
+use super::keys::{HostKeyring, KeyStore};
+use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::extract::{HeaderEdit, Request};
-use crate::flow::{decide, Outcome};
+use crate::flow::{decide, Decision, Outcome};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 pub struct Http {
     state: Rc<VmState>,
+    context_id: u32,
+}
+
+/// A request paused until its providers' keys move or its deadline passes.
+pub struct Waiter {
+    pub context_id: u32,
+    request: Request,
+    /// (provider, generation seen, fetch attempts seen) when it started waiting.
+    seen: Vec<(usize, u64, u64)>,
+    pub deadline_ms: u64,
+}
+
+impl Waiter {
+    pub fn keys_moved(&self, keys: &KeyStore) -> bool {
+        self.seen.iter().any(|(provider, generation, attempts)| {
+            keys.remote(*provider)
+                .is_some_and(|r| r.generation != *generation || r.attempts != *attempts)
+        })
+    }
 }
 
 impl Http {
-    pub fn new(state: Rc<VmState>) -> Http {
-        Http { state }
+    pub fn new(state: Rc<VmState>, context_id: u32) -> Http {
+        Http { state, context_id }
     }
 
-    fn read_request(&self) -> Request {
+    fn read_request() -> Request {
         let mut request = Request::default();
-        for (name, value) in self.get_http_request_headers() {
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        for (name, value) in headers {
             match name.as_str() {
                 ":method" => request.method = value,
                 ":path" => request.path = value,
@@ -30,12 +52,82 @@ impl Http {
         }
         request
     }
+}
 
-    fn now(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+/// Runs the core on a request, with the clock read once.
+fn run(state: &VmState, request: &Request, waited: bool) -> Decision {
+    let now_ms = now_ms();
+    state.keys.borrow().now_ms.set(now_ms);
+    let keyring = HostKeyring {
+        store: &state.keys,
+        metrics: &state.metrics,
+    };
+    let mut cache = state.cache.borrow_mut();
+    decide(
+        &state.config,
+        &keyring,
+        request,
+        now_ms / 1000,
+        &mut cache,
+        waited,
+    )
+}
+
+/// Applies a decision to the current (effective) HTTP context. Returns whether the
+/// request should continue upstream.
+fn apply(state: &VmState, decision: Decision) -> bool {
+    for counter in &decision.counters {
+        state.metrics.increment(*counter);
+    }
+    match decision.outcome {
+        Outcome::Forward(edits) => {
+            for edit in edits {
+                let _ = match edit {
+                    HeaderEdit::Remove(name) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, None)
+                    }
+                    HeaderEdit::Set(name, value) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value))
+                    }
+                };
+            }
+            true
+        }
+        Outcome::Deny(deny) => {
+            if let Some(refusal) = decision.refusal {
+                log::debug!(
+                    "tokengate: refused rule={} reason={}",
+                    decision.rule.as_deref().unwrap_or("-"),
+                    refusal.reason()
+                );
+            }
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(challenge) = deny.www_authenticate.as_deref() {
+                headers.push(("www-authenticate", challenge));
+            }
+            let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
+            false
+        }
+        Outcome::Wait(_) => {
+            // Only asked of a first attempt; a resumed request never waits twice.
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![("content-type", "application/json")],
+                None,
+            );
+            false
+        }
+    }
+}
+
+/// Decides a paused request again (its keys moved, or its time is up) and lets it go.
+pub fn resume_waiter(state: &VmState, waiter: Waiter) {
+    if hostcalls::set_effective_context(waiter.context_id).is_err() {
+        return; // the stream is gone
+    }
+    let decision = run(state, &waiter.request, true);
+    if apply(state, decision) {
+        let _ = hostcalls::resume_http_request();
     }
 }
 
@@ -43,42 +135,40 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let request = self.read_request();
-        let now = self.now();
-        let decision = {
-            let mut cache = self.state.cache.borrow_mut();
-            decide(&self.state.config, &request, now, &mut cache)
-        };
-        for counter in &decision.counters {
-            self.state.metrics.increment(*counter);
-        }
-        match decision.outcome {
-            Outcome::Forward(edits) => {
-                for edit in edits {
-                    match edit {
-                        HeaderEdit::Remove(name) => self.set_http_request_header(&name, None),
-                        HeaderEdit::Set(name, value) => {
-                            self.set_http_request_header(&name, Some(&value))
-                        }
-                    }
-                }
-                Action::Continue
+        let request = Self::read_request();
+        let decision = run(&self.state, &request, false);
+        if let Outcome::Wait(providers) = &decision.outcome {
+            for counter in &decision.counters {
+                self.state.metrics.increment(*counter);
             }
-            Outcome::Deny(deny) => {
-                if let Some(refusal) = decision.refusal {
-                    log::debug!(
-                        "tokengate: refused rule={} reason={}",
-                        decision.rule.as_deref().unwrap_or("-"),
-                        refusal.reason()
-                    );
-                }
-                let mut headers = vec![("content-type", "application/json")];
-                if let Some(challenge) = deny.www_authenticate.as_deref() {
-                    headers.push(("www-authenticate", challenge));
-                }
-                self.send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
-                Action::Pause
-            }
+            let keys = self.state.keys.borrow();
+            let seen: Vec<(usize, u64, u64)> = providers
+                .iter()
+                .filter_map(|p| keys.remote(*p).map(|r| (*p, r.generation, r.attempts)))
+                .collect();
+            let wait_ms = keys.wait_bound_ms(providers);
+            drop(keys);
+            self.state.waiters.borrow_mut().push(Waiter {
+                context_id: self.context_id,
+                request,
+                seen,
+                deadline_ms: now_ms() + wait_ms,
+            });
+            self.state.set_tick(BUSY_TICK_MS);
+            return Action::Pause;
         }
+        if apply(&self.state, decision) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_log(&mut self) {
+        // The stream ended (possibly while paused): forget it.
+        self.state
+            .waiters
+            .borrow_mut()
+            .retain(|w| w.context_id != self.context_id);
     }
 }

@@ -1,7 +1,10 @@
 //! The only code that talks to proxy-wasm: Envoy callbacks become core calls, core
-//! decisions become host calls.
+//! decisions become host calls. Host calls go through `proxy_wasm::hostcalls`, whose
+//! errors we handle, not the SDK's trait helpers, which unwrap.
 
 mod http;
+mod keys;
+mod metrics;
 mod root;
 
 pub use root::register;

@@ -1,21 +1,27 @@
-//! The root context: configuration, per-VM state, metrics.
+//! The root context: configuration, per-VM state, the tick that drives key fetches and
+//! wakes paused requests, and the callouts' answers.
 
-use super::http::Http;
+use super::http::{resume_waiter, Http, Waiter};
+use super::keys::KeyStore;
+use super::metrics::Metrics;
 use crate::cache::{TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::config::Config;
-use crate::stats::Counter;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel, MetricType};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// The source revision, set by the Makefile at build time.
 pub const REVISION: &str = match option_env!("TOKENGATE_REVISION") {
     Some(rev) => rev,
     None => "unknown",
 };
+
+/// Tick periods: fast while keys are pending or requests wait, slow otherwise.
+pub const BUSY_TICK_MS: u64 = 50;
+const IDLE_TICK_MS: u64 = 1000;
 
 pub fn register() {
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -27,40 +33,92 @@ pub struct VmState {
     pub config: Config,
     pub cache: RefCell<TokenCache>,
     pub metrics: Metrics,
+    pub keys: RefCell<KeyStore>,
+    pub waiters: RefCell<Vec<Waiter>>,
+    /// The tick period last asked for, so it is changed only when it must.
+    pub tick_ms: Cell<u64>,
 }
 
-/// Metric ids, defined on first use. Envoy merges same-named metrics across VMs.
-#[derive(Default)]
-pub struct Metrics {
-    ids: RefCell<HashMap<Counter, u32>>,
-}
-
-impl Metrics {
-    pub fn increment(&self, counter: Counter) {
-        let id = {
-            let mut ids = self.ids.borrow_mut();
-            match ids.get(&counter) {
-                Some(id) => Some(*id),
-                None => match hostcalls::define_metric(MetricType::Counter, &counter.name()) {
-                    Ok(id) => {
-                        ids.insert(counter, id);
-                        Some(id)
-                    }
-                    Err(_) => None,
-                },
-            }
-        };
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+impl VmState {
+    pub fn set_tick(&self, ms: u64) {
+        if self.tick_ms.get() != ms && hostcalls::set_tick_period(Duration::from_millis(ms)).is_ok()
+        {
+            self.tick_ms.set(ms);
         }
     }
+}
+
+/// The host's clock in milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct Root {
     state: Option<Rc<VmState>>,
 }
 
-impl Context for Root {}
+impl Root {
+    /// One step of the key machinery: adopt what other workers fetched, start what is
+    /// due, then wake the requests that can go on.
+    fn drive(&self, state: &VmState) {
+        let changed = {
+            let mut keys = state.keys.borrow_mut();
+            keys.now_ms.set(now_ms());
+            let mut changed = keys.sync_from_shared(&state.metrics);
+            changed.extend(keys.expire_stuck(&state.metrics));
+            keys.start_due_fetches(&state.metrics);
+            changed
+        };
+        self.keys_changed(state, &changed);
+        self.wake(state);
+        let busy = state.keys.borrow().busy() || !state.waiters.borrow().is_empty();
+        state.set_tick(if busy { BUSY_TICK_MS } else { IDLE_TICK_MS });
+    }
+
+    fn keys_changed(&self, state: &VmState, providers: &[usize]) {
+        let mut cache = state.cache.borrow_mut();
+        for provider in providers {
+            cache.clear_provider(*provider);
+        }
+    }
+
+    /// Resumes every waiter whose keys moved or whose time is up.
+    fn wake(&self, state: &VmState) {
+        let now = now_ms();
+        let ready: Vec<Waiter> = {
+            let keys = state.keys.borrow();
+            let mut waiters = state.waiters.borrow_mut();
+            let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = waiters
+                .drain(..)
+                .partition(|w| w.deadline_ms <= now || w.keys_moved(&keys));
+            *waiters = waiting;
+            ready
+        };
+        for waiter in ready {
+            resume_waiter(state, waiter);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let finished = {
+            let mut keys = state.keys.borrow_mut();
+            keys.now_ms.set(now_ms());
+            keys.on_response(token_id, body_size, &state.metrics)
+        };
+        if let Some(provider) = finished {
+            self.keys_changed(&state, &[provider]);
+        }
+        self.wake(&state);
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
@@ -72,7 +130,10 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         match Config::from_json(&bytes) {
             Ok(config) => {
                 let cache = TokenCache::new(
@@ -80,16 +141,26 @@ impl RootContext for Root {
                     DEFAULT_MAX_ENTRIES,
                     DEFAULT_MAX_BYTES,
                 );
+                let keys = KeyStore::new(&config, vm_nonce());
+                let remote = !keys.remotes.is_empty();
                 log::info!(
                     "tokengate: configured {} provider(s), {} rule(s)",
                     config.providers.len(),
                     config.rules.len()
                 );
-                self.state = Some(Rc::new(VmState {
+                let state = Rc::new(VmState {
                     config,
                     cache: RefCell::new(cache),
                     metrics: Metrics::default(),
-                }));
+                    keys: RefCell::new(keys),
+                    waiters: RefCell::new(Vec::new()),
+                    tick_ms: Cell::new(0),
+                });
+                if remote {
+                    // The first tick starts the first fetch (clusters are ready by then).
+                    state.set_tick(BUSY_TICK_MS);
+                }
+                self.state = Some(state);
                 true
             }
             Err(e) => {
@@ -99,12 +170,26 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        if let Some(state) = self.state.clone() {
+            self.drive(&state);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let state = self.state.clone()?;
-        Some(Box::new(Http::new(state)))
+        Some(Box::new(Http::new(state, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// A per-VM random number identifying this VM as a lease holder.
+fn vm_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(now_ms());
+    hasher.finish() | 1
 }

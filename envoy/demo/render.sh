@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Renders the tokengate demo into a directory: development keys, the tokengate document,
+# and the Envoy configuration. Shared by envoy/demo/run.sh (`make run`) and
+# envoy/validate.sh (`make validate`), so both use exactly the same files.
+#
+# Sourced:   source envoy/demo/render.sh; demo_render DIR
+# Executed:  envoy/demo/render.sh DIR
+#
+# Writes into DIR:
+#   demo-rs256.jwk, demo-eddsa.jwk   private development keys (generated once, kept)
+#   jwks.json                        their public halves
+#   tokengate.json                   the filter's configuration (inline JWKS = jwks.json)
+#   envoy.yaml                       envoy/demo/envoy.yaml.tmpl with the placeholders filled
+#
+# Environment (all optional):
+#   LISTEN_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8000)
+#   TOKENGATE_CLI   the CLI binary      (default: target/release/tokengate)
+#   TOKENGATE_WASM  the filter          (default: dist/tokengate.wasm)
+
+DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEMO_ROOT="$(cd "$DEMO_DIR/../.." && pwd)"
+
+# The demo issuer: any string works as long as tokens and config agree; this one names
+# the (nonexistent) IdP the way a real issuer URL would.
+DEMO_ISSUER="http://127.0.0.1:9000/demo"
+DEMO_AUDIENCE="demo-api"
+DEMO_KIDS="demo-rs256:RS256 demo-eddsa:EdDSA"
+
+demo_cli() { echo "${TOKENGATE_CLI:-$DEMO_ROOT/target/release/tokengate}"; }
+
+# demo_keys DIR — generates the development keys unless all of them are already there.
+demo_keys() {
+    local dir="$1" cli entry kid alg missing=0
+    cli="$(demo_cli)"
+    for entry in $DEMO_KIDS; do
+        [[ -f "$dir/${entry%%:*}.jwk" ]] || missing=1
+        # A key whose public half is not in jwks.json is as good as missing.
+        grep -q "\"${entry%%:*}\"" "$dir/jwks.json" 2>/dev/null || missing=1
+    done
+    [[ $missing == 0 ]] && return 0
+    mkdir -p "$dir"
+    rm -f "$dir/jwks.json"
+    for entry in $DEMO_KIDS; do
+        kid="${entry%%:*}" alg="${entry##*:}"
+        "$cli" keygen --alg "$alg" --kid "$kid" --out "$dir" >/dev/null \
+            || { echo "render.sh: tokengate keygen --alg $alg failed" >&2; return 1; }
+    done
+    echo "render.sh: generated development keys in $dir (demo-rs256, demo-eddsa)" >&2
+}
+
+# demo_config DIR — writes DIR/tokengate.json from DIR/jwks.json.
+demo_config() {
+    local dir="$1"
+    python3 - "$dir/jwks.json" "$dir/tokengate.json" "$DEMO_ISSUER" "$DEMO_AUDIENCE" <<'PY'
+import json, sys
+jwks_path, out_path, issuer, audience = sys.argv[1:5]
+with open(jwks_path) as f:
+    jwks = json.load(f)
+config = {
+    "realm": "demo",
+    "providers": {
+        "demo": {
+            "issuer": issuer,
+            "audiences": [audience],
+            "jwks": {"inline": jwks},
+            "algorithms": ["RS256", "EdDSA"],
+            "sources": [
+                {"header": "authorization", "prefix": "Bearer "},
+                {"cookie": "access_token"},
+                {"query": "access_token"},
+            ],
+            "forward": {
+                "keep_token": False,
+                "payload_header": "x-jwt-payload",
+                "claims": {
+                    "sub": "x-user-id",
+                    "scope": "x-user-scope",
+                    "realm_access.roles": "x-user-roles",
+                },
+            },
+        }
+    },
+    "rules": [
+        {"name": "health", "match": {"path": {"prefix": "/healthz"}}, "allow": "anonymous"},
+        {"name": "default", "match": {}, "authn": {"any": ["demo"]}},
+    ],
+}
+with open(out_path, "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+PY
+}
+
+# demo_envoy_yaml DIR — renders the template into DIR/envoy.yaml (uses DIR/tokengate.json).
+demo_envoy_yaml() {
+    local dir="$1"
+    python3 - "$DEMO_DIR/envoy.yaml.tmpl" "$dir/envoy.yaml" "$dir/tokengate.json" \
+        "${TOKENGATE_WASM:-$DEMO_ROOT/dist/tokengate.wasm}" "$dir/access.log" \
+        "${LISTEN_PORT:-8080}" "${ADMIN_PORT:-9901}" "${UPSTREAM_PORT:-8000}" <<'PY'
+import json, os, re, sys
+tmpl, out, config_path, wasm, access_log, listen, admin, upstream = sys.argv[1:9]
+values = {}
+for name, port in (("LISTEN_PORT", listen), ("ADMIN_PORT", admin), ("UPSTREAM_PORT", upstream)):
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        sys.exit(f"render.sh: {name}={port!r} is not a port number")
+    values[name] = str(int(port))
+with open(config_path) as f:
+    config = json.load(f)
+# JSON strings are valid YAML double-quoted scalars: no quoting problems whatever they hold.
+values["CONFIG_JSON"] = json.dumps(json.dumps(config, separators=(",", ":")))
+values["WASM"] = json.dumps(os.path.abspath(wasm))
+values["ACCESS_LOG"] = json.dumps(os.path.abspath(access_log))
+with open(tmpl) as f:
+    text = f.read()
+def fill(match):
+    name = match.group(1)
+    if name not in values:
+        sys.exit(f"render.sh: unknown placeholder @{name}@ in {tmpl}")
+    return values[name]
+text = re.sub(r"@([A-Z_]+)@", fill, text)
+with open(out, "w") as f:
+    f.write(text)
+PY
+}
+
+# demo_render DIR — all of the above.
+demo_render() {
+    local dir="${1:?usage: demo_render DIR}"
+    mkdir -p "$dir"
+    demo_keys "$dir" && demo_config "$dir" && demo_envoy_yaml "$dir"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
+    demo_render "${1:?usage: envoy/demo/render.sh DIR}"
+    echo "rendered $1/envoy.yaml and $1/tokengate.json"
+fi
