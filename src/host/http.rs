@@ -3,6 +3,8 @@
 
 use super::keys::{HostKeyring, KeyStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
+use crate::deny::Deny;
+use crate::error::{AuthnError, Refusal};
 use crate::extract::{HeaderEdit, Request};
 use crate::flow::{decide, Decision, Outcome};
 use proxy_wasm::hostcalls;
@@ -109,12 +111,14 @@ fn apply(state: &VmState, decision: Decision) -> bool {
             false
         }
         Outcome::Wait(_) => {
-            // Only asked of a first attempt; a resumed request never waits twice.
-            let _ = hostcalls::send_http_response(
-                503,
-                vec![("content-type", "application/json")],
-                None,
+            // Only asked of a first attempt; a resumed request never waits twice, but
+            // if it did, the answer is the one for keys that never came.
+            let deny = Deny::for_refusal(
+                Refusal::Authn(AuthnError::KeysUnavailable),
+                &state.config.realm,
             );
+            let headers = vec![("content-type", "application/json")];
+            let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
             false
         }
     }
