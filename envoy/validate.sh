@@ -11,7 +11,8 @@
 #      `value:`); envoy/envoy.yaml must embed exactly envoy/tokengate.json.
 #   3. The demo configuration, rendered by envoy/demo/render.sh into a temporary directory,
 #      through both checks.
-#   4. The demo itself: DEMO_SMOKE=1 envoy/demo/run.sh on free ports.
+#   4. The demo itself: DEMO_SMOKE=1 envoy/demo/run.sh on free ports (Envoy, echo service
+#      and demo IdP; the filter fetches its keys from the IdP by OIDC discovery).
 #
 # tests/ is left out of the scan: its fixtures may be invalid on purpose, and the e2e tests
 # validate their own configurations. Set SKIP_SMOKE=1 to skip step 4.
@@ -209,7 +210,7 @@ done
 # --- 3: the demo configuration ---------------------------------------------------------
 # shellcheck source=envoy/demo/render.sh
 source "$ROOT/envoy/demo/render.sh"
-if (LISTEN_PORT=8080 ADMIN_PORT=9901 UPSTREAM_PORT=8000 demo_render "$TMP/demo") >"$TMP/out" 2>&1; then
+if (LISTEN_PORT=8080 ADMIN_PORT=9901 UPSTREAM_PORT=8000 IDP_PORT=9000 demo_render "$TMP/demo") >"$TMP/out" 2>&1; then
     tokengate_check "$TMP/demo/tokengate.json" "envoy/demo (rendered tokengate.json)"
     envoy_validate "$TMP/demo/envoy.yaml" "envoy/demo/envoy.yaml.tmpl (rendered)"
 else
@@ -222,17 +223,17 @@ if [[ ${SKIP_SMOKE:-0} == 1 ]]; then
 elif [[ $FAILED != 0 ]]; then
     echo "skip  demo smoke (configuration checks failed)"
 else
-    read -r lp ap up < <(python3 -c '
+    read -r lp ap up ip < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 for s in socks:
     s.close()
 ')
-    echo "demo smoke: envoy/demo/run.sh with DEMO_SMOKE=1 (ports $lp, $ap, $up)"
-    if DEMO_SMOKE=1 LISTEN_PORT="$lp" ADMIN_PORT="$ap" UPSTREAM_PORT="$up" RUN_DIR="$TMP/smoke" \
+    echo "demo smoke: envoy/demo/run.sh with DEMO_SMOKE=1 (ports $lp, $ap, $up, IdP $ip)"
+    if DEMO_SMOKE=1 LISTEN_PORT="$lp" ADMIN_PORT="$ap" UPSTREAM_PORT="$up" IDP_PORT="$ip" RUN_DIR="$TMP/smoke" \
         ENVOY="$ENVOY" timeout_cmd 180 "$ROOT/envoy/demo/run.sh" 2>&1 | sed 's/^/      /'; then
         pass "demo smoke (make run)"
     else

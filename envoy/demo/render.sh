@@ -8,21 +8,24 @@
 #
 # Writes into DIR:
 #   demo-rs256.jwk, demo-eddsa.jwk   private development keys (generated once, kept)
-#   jwks.json                        their public halves
-#   tokengate.json                   the filter's configuration (inline JWKS = jwks.json)
+#   jwks.json                        their public halves, served by envoy/demo/idp.py
+#   tokengate.json                   the filter's configuration: the keys come from the
+#                                    demo IdP by OIDC discovery (cluster demo_idp)
 #   envoy.yaml                       envoy/demo/envoy.yaml.tmpl with the placeholders filled
 #
 # Environment (all optional):
-#   LISTEN_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8000)
+#   LISTEN_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8000), IDP_PORT (9000)
 #   TOKENGATE_CLI   the CLI binary      (default: target/release/tokengate)
 #   TOKENGATE_WASM  the filter          (default: dist/tokengate.wasm)
 
 DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEMO_ROOT="$(cd "$DEMO_DIR/../.." && pwd)"
 
-# The demo issuer: any string works as long as tokens and config agree; this one names
-# the (nonexistent) IdP the way a real issuer URL would.
-DEMO_ISSUER="http://127.0.0.1:9000/demo"
+# The demo issuer is the demo IdP's (envoy/demo/idp.py on 127.0.0.1:$IDP_PORT): its
+# discovery document names exactly this issuer, and tokengate refuses the document
+# otherwise. Tokens minted by run.sh use it too. demo_issuer_for PORT prints it.
+demo_issuer_for() { echo "http://127.0.0.1:$1/demo"; }
+DEMO_ISSUER="$(demo_issuer_for "${IDP_PORT:-9000}")"
 DEMO_AUDIENCE="demo-api"
 DEMO_KIDS="demo-rs256:RS256 demo-eddsa:EdDSA"
 
@@ -48,21 +51,27 @@ demo_keys() {
     echo "render.sh: generated development keys in $dir (demo-rs256, demo-eddsa)" >&2
 }
 
-# demo_config DIR — writes DIR/tokengate.json from DIR/jwks.json.
+# demo_config DIR — writes DIR/tokengate.json: the demo provider, whose keys come from
+# the demo IdP by OIDC discovery (DIR/jwks.json is what the IdP serves).
 demo_config() {
-    local dir="$1"
-    python3 - "$dir/jwks.json" "$dir/tokengate.json" "$DEMO_ISSUER" "$DEMO_AUDIENCE" <<'PY'
+    local dir="$1" issuer
+    issuer="$(demo_issuer_for "${IDP_PORT:-9000}")"
+    python3 - "$dir/jwks.json" "$dir/tokengate.json" "$issuer" "$DEMO_AUDIENCE" <<'PY'
 import json, sys
 jwks_path, out_path, issuer, audience = sys.argv[1:5]
 with open(jwks_path) as f:
-    jwks = json.load(f)
+    json.load(f)  # the IdP serves this file: it must be a JSON document
 config = {
     "realm": "demo",
     "providers": {
         "demo": {
             "issuer": issuer,
             "audiences": [audience],
-            "jwks": {"inline": jwks},
+            "jwks": {
+                "discovery": issuer + "/.well-known/openid-configuration",
+                "cluster": "demo_idp",
+                "timeout_ms": 2000,
+            },
             "algorithms": ["RS256", "EdDSA"],
             "sources": [
                 {"header": "authorization", "prefix": "Bearer "},
@@ -96,11 +105,12 @@ demo_envoy_yaml() {
     local dir="$1"
     python3 - "$DEMO_DIR/envoy.yaml.tmpl" "$dir/envoy.yaml" "$dir/tokengate.json" \
         "${TOKENGATE_WASM:-$DEMO_ROOT/dist/tokengate.wasm}" "$dir/access.log" \
-        "${LISTEN_PORT:-8080}" "${ADMIN_PORT:-9901}" "${UPSTREAM_PORT:-8000}" <<'PY'
+        "${LISTEN_PORT:-8080}" "${ADMIN_PORT:-9901}" "${UPSTREAM_PORT:-8000}" "${IDP_PORT:-9000}" <<'PY'
 import json, os, re, sys
-tmpl, out, config_path, wasm, access_log, listen, admin, upstream = sys.argv[1:9]
+tmpl, out, config_path, wasm, access_log, listen, admin, upstream, idp = sys.argv[1:10]
 values = {}
-for name, port in (("LISTEN_PORT", listen), ("ADMIN_PORT", admin), ("UPSTREAM_PORT", upstream)):
+for name, port in (("LISTEN_PORT", listen), ("ADMIN_PORT", admin), ("UPSTREAM_PORT", upstream),
+                   ("IDP_PORT", idp)):
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         sys.exit(f"render.sh: {name}={port!r} is not a port number")
     values[name] = str(int(port))

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tokengate demo (`make run`): Envoy with the tokengate filter in front of a small echo
-# service, with development keys and ready-made tokens. Everything listens on 127.0.0.1.
+# service, with development keys and ready-made tokens. The filter gets its keys from a
+# small demo identity provider (envoy/demo/idp.py) by OIDC discovery, through the Envoy
+# cluster demo_idp. Everything listens on 127.0.0.1.
 #
 #   make run                        build, then run this script
 #   envoy/demo/run.sh               the same, once dist/tokengate.wasm and the CLI exist
@@ -9,15 +11,18 @@
 #
 # Environment:
 #   LISTEN_PORT (8080)  Envoy listener        ADMIN_PORT (9901)  Envoy admin
-#   UPSTREAM_PORT (8000) echo service         RUN_DIR (.run)     keys, configs, logs
+#   UPSTREAM_PORT (8000) echo service         IDP_PORT (9000)    demo IdP (the issuer is
+#                                             http://127.0.0.1:$IDP_PORT/demo)
+#   RUN_DIR (.run)      keys, configs, logs
 #   ENVOY      command prefix for Envoy, word-split ("func-e run" works);
 #              default .venv/bin/envoy
 #   TOKENGATE_CLI, TOKENGATE_WASM  default target/release/tokengate, dist/tokengate.wasm
-#   READY_TIMEOUT (30)  seconds to wait for Envoy to become ready
+#   READY_TIMEOUT (30)  seconds to wait for the IdP, then for Envoy, to become ready
 #
 # Files in RUN_DIR: demo-rs256.jwk, demo-eddsa.jwk (private dev keys, kept between runs),
-# jwks.json, tokengate.json, envoy.yaml, tokens.env, envoy.log, envoy.out, access.log,
-# echo.log.
+# jwks.json (served by the IdP, re-read on every request: rewrite it to rotate keys),
+# tokengate.json, envoy.yaml, tokens.env, envoy.log, envoy.out, access.log, echo.log,
+# idp.log.
 set -euo pipefail
 
 DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,13 +34,14 @@ source "$DEMO_DIR/render.sh"
 LISTEN_PORT="${LISTEN_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8000}"
+IDP_PORT="${IDP_PORT:-9000}"
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
 ENVOY="${ENVOY:-$ROOT/.venv/bin/envoy}"
 TOKENGATE_CLI="${TOKENGATE_CLI:-$ROOT/target/release/tokengate}"
 TOKENGATE_WASM="${TOKENGATE_WASM:-$ROOT/dist/tokengate.wasm}"
 READY_TIMEOUT="${READY_TIMEOUT:-30}"
 DEMO_SMOKE="${DEMO_SMOKE:-0}"
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT TOKENGATE_CLI TOKENGATE_WASM
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT TOKENGATE_CLI TOKENGATE_WASM
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 say() { echo "run.sh: $*" >&2; }
@@ -50,13 +56,17 @@ read -r -a ENVOY_CMD <<<"$ENVOY"
 [[ ${#ENVOY_CMD[@]} -gt 0 ]] && command -v "${ENVOY_CMD[0]}" >/dev/null \
     || die "Envoy not found (ENVOY='$ENVOY'): run 'make envoy', or set ENVOY"
 
-for name in LISTEN_PORT ADMIN_PORT UPSTREAM_PORT; do
+PORT_NAMES="LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT"
+for name in $PORT_NAMES; do
     [[ "${!name}" =~ ^[0-9]+$ ]] && ((${!name} > 0 && ${!name} < 65536)) \
         || die "$name=${!name} is not a port number"
 done
-if [[ $LISTEN_PORT == "$ADMIN_PORT" || $LISTEN_PORT == "$UPSTREAM_PORT" || $ADMIN_PORT == "$UPSTREAM_PORT" ]]; then
-    die "LISTEN_PORT, ADMIN_PORT and UPSTREAM_PORT must differ ($LISTEN_PORT, $ADMIN_PORT, $UPSTREAM_PORT)"
+if [[ $(printf '%d\n' "$LISTEN_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$IDP_PORT" | sort -u | wc -l) != 4 ]]; then
+    die "LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT and IDP_PORT must differ ($LISTEN_PORT, $ADMIN_PORT, $UPSTREAM_PORT, $IDP_PORT)"
 fi
+# The issuer is the demo IdP's: tokens, tokengate.json and the discovery document agree.
+DEMO_ISSUER="$(demo_issuer_for "$IDP_PORT")"
+IDP="$DEMO_ISSUER"
 
 # port_free PORT — can we listen on 127.0.0.1:PORT? (SO_REUSEADDR, as Envoy and echo.py do.)
 port_free() {
@@ -73,7 +83,7 @@ finally:
     s.close()
 PY
 }
-for name in LISTEN_PORT ADMIN_PORT UPSTREAM_PORT; do
+for name in $PORT_NAMES; do
     port_free "${!name}" || die "port ${!name} on 127.0.0.1 is busy (another demo, Envoy or server?); choose another with $name=..."
 done
 
@@ -113,7 +123,7 @@ cleanup() {
         fi
         wait "$pid" 2>/dev/null || true
     done
-    [[ ${#PIDS[@]} -gt 0 && $DEMO_SMOKE != 1 ]] && say "stopped Envoy and the echo service"
+    [[ ${#PIDS[@]} -gt 0 && $DEMO_SMOKE != 1 ]] && say "stopped Envoy, the echo service and the demo IdP"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -123,13 +133,13 @@ trap 'exit 143' TERM
 # show_logs — the end of every log, after a failure.
 show_logs() {
     local f shown=0
-    for f in envoy.out envoy.log echo.log; do
+    for f in envoy.out envoy.log echo.log idp.log; do
         [[ -s "$RUN_DIR/$f" ]] || continue
         echo "---- $RUN_DIR/$f (last 20 lines)" >&2
         tail -n 20 "$RUN_DIR/$f" >&2
         shown=1
     done
-    [[ $shown == 1 ]] || echo "---- (Envoy and echo.py wrote no log output to $RUN_DIR)" >&2
+    [[ $shown == 1 ]] || echo "---- (Envoy, echo.py and idp.py wrote no log output to $RUN_DIR)" >&2
 }
 
 # --- keys, configuration ---------------------------------------------------------------
@@ -143,6 +153,17 @@ rm -f "$RUN_DIR/envoy.log" "$RUN_DIR/access.log"
 start_bg "$RUN_DIR/echo.log" python3 "$DEMO_DIR/echo.py" --port "$UPSTREAM_PORT"
 ECHO_PID=$LAST_PID
 
+# The IdP first: the filter's first key fetch starts as soon as Envoy is up. Its readiness
+# probe is /demo/stats, which the IdP does not count.
+start_bg "$RUN_DIR/idp.log" python3 "$DEMO_DIR/idp.py" --port "$IDP_PORT" "$RUN_DIR/jwks.json"
+IDP_PID=$LAST_PID
+deadline=$((SECONDS + READY_TIMEOUT))
+until [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$IDP/stats" 2>/dev/null)" == 200 ]]; do
+    alive "$IDP_PID" || { show_logs; die "idp.py exited during startup (logs above)"; }
+    ((SECONDS < deadline)) || { show_logs; die "idp.py not answering after ${READY_TIMEOUT}s (logs above)"; }
+    sleep 0.2
+done
+
 # --disable-hot-restart: otherwise a second Envoy on this machine (another demo, the e2e
 # tests) fails with "unable to bind domain socket with base_id=0".
 start_bg "$RUN_DIR/envoy.out" "${ENVOY_CMD[@]}" -c "$RUN_DIR/envoy.yaml" --concurrency 2 \
@@ -155,6 +176,7 @@ deadline=$((SECONDS + READY_TIMEOUT))
 until [[ "$(curl -s --max-time 2 "$ADMIN/ready" 2>/dev/null)" == LIVE* ]]; do
     alive "$ENVOY_PID" || { show_logs; die "Envoy exited during startup (logs above)"; }
     alive "$ECHO_PID" || { show_logs; die "echo.py exited during startup (logs above)"; }
+    alive "$IDP_PID" || { show_logs; die "idp.py exited during startup (logs above)"; }
     ((SECONDS < deadline)) || { show_logs; die "Envoy not ready after ${READY_TIMEOUT}s (logs above)"; }
     sleep 0.2
 done
@@ -237,6 +259,9 @@ tokengate demo is running (Ctrl-C stops it)
   listener  $BASE   Envoy + tokengate
   upstream  http://127.0.0.1:$UPSTREAM_PORT   envoy/demo/echo.py (echoes what reaches it)
   admin     $ADMIN
+  keys      from the demo IdP by OIDC discovery (envoy/demo/idp.py, Envoy cluster demo_idp):
+            discovery $IDP/.well-known/openid-configuration
+            jwks      $IDP/jwks.json   (= $(shown "$RUN_DIR")/jwks.json, re-read on every request)
   files     $(shown "$RUN_DIR")   (keys, tokengate.json, envoy.yaml, envoy.log, access.log)
 
 Tokens (RS256 and EdDSA valid for 1 hour; iss $DEMO_ISSUER, aud $DEMO_AUDIENCE).
@@ -254,8 +279,13 @@ EOF
     done
     cat <<EOF
 
-# tokengate's counters (allowed, denied by reason)
+# tokengate's counters (allowed, denied by reason, key fetches: jwks.fetch.success ...)
 curl -s '$ADMIN/stats?filter=tokengate'
+
+# the demo IdP: the discovery document tokengate reads, the keys, and how often each was fetched
+curl -s $IDP/.well-known/openid-configuration
+curl -s $IDP/jwks.json
+curl -s $IDP/stats
 
 # more tokens
 $(shown "$TOKENGATE_CLI") token --key $(shown "$RUN_DIR")/demo-rs256.jwk --iss $DEMO_ISSUER --aud $DEMO_AUDIENCE --sub alice --claim scope=admin
@@ -309,12 +339,47 @@ PY
         echo "FAIL  stats at $ADMIN/stats?filter=tokengate: status ${status:-none}, no tokengate counters"
         failed=1
     fi
+    # The keys came from the IdP by discovery, in one fetch shared by all of Envoy's workers
+    # (--concurrency 2): one discovery document and one jwks.json request, one success.
+    problem="$(python3 - "$IDP/stats" "$ADMIN/stats?filter=tokengate\.jwks\." <<'PY'
+import json, sys, urllib.request
+idp_url, admin_url = sys.argv[1:3]
+try:
+    with urllib.request.urlopen(idp_url, timeout=5) as r:
+        counts = json.load(r).get("requests", {})
+    with urllib.request.urlopen(admin_url, timeout=5) as r:
+        text = r.read().decode()
+except Exception as e:
+    print(f"could not read the counters: {e}")
+    sys.exit()
+stats = {}
+for line in text.splitlines():
+    name, sep, value = line.partition(": ")
+    if sep:
+        stats[name.strip()] = value.strip()
+problems = []
+for path in ("/demo/.well-known/openid-configuration", "/demo/jwks.json"):
+    if counts.get(path, 0) != 1:
+        problems.append(f"IdP served {path} {counts.get(path, 0)} times, expected 1")
+success = stats.get("wasmcustom.tokengate.jwks.fetch.success")
+if success != "1":
+    problems.append(f"wasmcustom.tokengate.jwks.fetch.success is {success}, expected 1")
+if problems:
+    print("; ".join(problems) + f" (IdP requests: {json.dumps(counts)}; Envoy: {json.dumps(stats)})")
+PY
+)" || problem="the check could not run: $problem"
+    if [[ -z $problem ]]; then
+        echo "PASS  keys from the demo IdP by discovery: 1 discovery + 1 jwks.json request, jwks.fetch.success 1"
+    else
+        echo "FAIL  keys from the demo IdP by discovery: $problem"
+        failed=1
+    fi
     rm -rf "$tmp"
     return "$failed"
 }
 
 if [[ $DEMO_SMOKE == 1 ]]; then
-    echo "demo smoke: Envoy on 127.0.0.1:$LISTEN_PORT, admin $ADMIN_PORT, upstream $UPSTREAM_PORT"
+    echo "demo smoke: Envoy on 127.0.0.1:$LISTEN_PORT, admin $ADMIN_PORT, upstream $UPSTREAM_PORT, IdP $IDP_PORT"
     if run_examples; then
         echo "demo smoke: PASS"
         exit 0
@@ -325,10 +390,15 @@ if [[ $DEMO_SMOKE == 1 ]]; then
 fi
 
 print_examples
-# Wait until Ctrl-C (the trap stops both processes), or until one of them dies.
-while alive "$ENVOY_PID" && alive "$ECHO_PID"; do
+# Wait until Ctrl-C (the trap stops every process), or until one of them dies.
+while alive "$ENVOY_PID" && alive "$ECHO_PID" && alive "$IDP_PID"; do
     sleep 1 &
     wait $! || true
 done
 show_logs
-die "$(alive "$ENVOY_PID" && echo "echo.py" || echo "Envoy") exited unexpectedly (logs above)"
+if ! alive "$ENVOY_PID"; then
+    die "Envoy exited unexpectedly (logs above)"
+elif ! alive "$ECHO_PID"; then
+    die "echo.py exited unexpectedly (logs above)"
+fi
+die "idp.py exited unexpectedly (logs above)"
