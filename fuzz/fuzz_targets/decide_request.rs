@@ -1,0 +1,34 @@
+//! Any request (method, path, headers split from the input) through the whole flow.
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use tokengate::cache::TokenCache;
+use tokengate::config::Config;
+use tokengate::extract::Request;
+use tokengate::flow::{decide, NoRemoteKeys};
+
+thread_local! {
+    // The config holds Rc (the filter is single-threaded per VM); libFuzzer runs on one thread.
+    static CONFIG: Config = common::config();
+}
+
+fuzz_target!(|data: &[u8]| {
+    CONFIG.with(|config| run(config, data));
+});
+
+fn run(config: &Config, data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let method = lines.next().unwrap_or_default().to_owned();
+    let path = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
+        .collect();
+    let request = Request { method, path, host: "fuzz".into(), headers };
+    let mut cache = TokenCache::new(1, 16, 4096);
+    let _ = decide(config, &NoRemoteKeys, &request, common::NOW, &mut cache, false);
+    let _ = decide(config, &NoRemoteKeys, &request, common::NOW, &mut cache, true);
+}
