@@ -84,56 +84,51 @@ impl Source {
 
     /// The token from this source, if the source is present in the request.
     pub fn find(&self, request: &Request) -> Option<Found> {
-        match self {
+        let (token, location) = match self {
             Source::Header { name, prefix } => {
-                let mut values = request
+                let values = request
                     .header_values(name)
                     .filter_map(|value| match prefix {
-                        None => Some(value.trim()),
-                        Some(prefix) => strip_prefix_ignore_case(value, prefix).map(str::trim),
+                        None => Some(value.trim().to_owned()),
+                        Some(prefix) => {
+                            strip_prefix_ignore_case(value, prefix).map(|t| t.trim().to_owned())
+                        }
                     });
-                let first = values.next()?;
-                let token = if values.next().is_some() { "" } else { first };
-                Some(Found {
-                    token: token.to_owned(),
-                    location: Location::Header(name.clone()),
-                })
+                (only_one(values)?, Location::Header(name.clone()))
             }
             Source::Cookie(name) => {
-                let mut values = request
+                let values = request
                     .header_values("cookie")
                     .flat_map(|h| h.split(';'))
                     .filter_map(|pair| pair.trim().split_once('='))
                     .filter(|(n, _)| n.trim() == name)
-                    .map(|(_, v)| unquote(v.trim()));
-                let first = values.next()?;
-                let token = if values.next().is_some() { "" } else { first };
-                Some(Found {
-                    token: token.to_owned(),
-                    location: Location::Cookie(name.clone()),
-                })
+                    .map(|(_, v)| unquote(v.trim()).to_owned());
+                (only_one(values)?, Location::Cookie(name.clone()))
             }
             Source::Query(name) => {
                 let (_, query) = request.path.split_once('?')?;
-                let mut values = query
+                let values = query
                     .split('&')
                     .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
                     .filter(|(n, _)| percent_decode(n).as_deref() == Some(name.as_str()))
                     // Undecodable values stay as they are and fail verification as malformed.
                     .map(|(_, v)| percent_decode(v).unwrap_or_else(|| v.to_owned()));
-                let first = values.next()?;
-                let token = if values.next().is_some() {
-                    String::new()
-                } else {
-                    first
-                };
-                Some(Found {
-                    token,
-                    location: Location::Query(name.clone()),
-                })
+                (only_one(values)?, Location::Query(name.clone()))
             }
-        }
+        };
+        Some(Found { token, location })
     }
+}
+
+/// The single value, `None` if there is none, and an empty (so malformed) token if there
+/// are several: which copy would the upstream read?
+fn only_one(mut values: impl Iterator<Item = String>) -> Option<String> {
+    let first = values.next()?;
+    Some(if values.next().is_some() {
+        String::new()
+    } else {
+        first
+    })
 }
 
 impl Location {
