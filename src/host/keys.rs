@@ -131,10 +131,12 @@ impl KeyStore {
             if remote.in_flight.is_some() {
                 continue;
             }
-            let shared = read_shared_keys(&remote.spec);
+            // The lease before the keys: a fetch writes its keys before releasing the
+            // lease, so a free lease read first means the keys read next are current.
             let Some((lease, cas)) = read_lease(&remote.spec) else {
                 continue;
             };
+            let shared = read_shared_keys(&remote.spec);
             let Some(reason) =
                 fetch_due(shared.as_ref(), &lease, remote.unknown_kid_wanted, now_ms)
             else {

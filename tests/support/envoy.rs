@@ -108,8 +108,41 @@ pub fn bootstrap(
     port: u16,
     upstream_port: u16,
 ) -> Value {
+    bootstrap_with_clusters(tokengate_config, wasm, admin_port, port, upstream_port, &[])
+}
+
+/// A STATIC cluster with one endpoint on 127.0.0.1.
+fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+                {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]
+        }
+    })
+}
+
+/// [`bootstrap`] plus more STATIC clusters on 127.0.0.1, as (name, port): the services
+/// the filter calls out to (an identity provider's JWKS endpoint, say).
+pub fn bootstrap_with_clusters(
+    tokengate_config: &str,
+    wasm: &Path,
+    admin_port: u16,
+    port: u16,
+    upstream_port: u16,
+    extra_clusters: &[(&str, u16)],
+) -> Value {
     let address =
         |port: u16| json!({"socket_address": {"address": "127.0.0.1", "port_value": port}});
+    let mut clusters = vec![static_cluster("upstream", upstream_port)];
+    clusters.extend(
+        extra_clusters
+            .iter()
+            .map(|(name, port)| static_cluster(name, *port)),
+    );
     json!({
         "admin": {"address": address(admin_port)},
         "static_resources": {
@@ -163,15 +196,7 @@ pub fn bootstrap(
                     }]
                 }]
             }],
-            "clusters": [{
-                "name": "upstream",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "load_assignment": {
-                    "cluster_name": "upstream",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(upstream_port)}}]}]
-                }
-            }]
+            "clusters": clusters
         }
     })
 }
@@ -207,9 +232,18 @@ impl Envoy {
     /// Starts Envoy with this tokengate configuration (the JSON document) in front of
     /// the upstream on `upstream_port`, and waits until it is ready.
     pub fn start(tokengate_config: &str, upstream_port: u16) -> Result<Envoy, String> {
+        Envoy::start_with_clusters(tokengate_config, upstream_port, &[])
+    }
+
+    /// [`Envoy::start`] with more STATIC clusters on 127.0.0.1, as (name, port).
+    pub fn start_with_clusters(
+        tokengate_config: &str,
+        upstream_port: u16,
+        extra_clusters: &[(&str, u16)],
+    ) -> Result<Envoy, String> {
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let mut envoy = Envoy::spawn(tokengate_config, upstream_port)?;
+            let mut envoy = Envoy::spawn(tokengate_config, upstream_port, extra_clusters)?;
             match envoy.wait_started(START_TIMEOUT) {
                 Ok(Started::Ready) => return Ok(envoy),
                 Ok(Started::Exited(status)) => {
@@ -233,7 +267,7 @@ impl Envoy {
     pub fn start_expecting_rejection(tokengate_config: &str) -> Result<Rejection, String> {
         let begun = Instant::now();
         // Nothing listens on the upstream port: no request is ever sent.
-        let mut envoy = Envoy::spawn(tokengate_config, free_port())?;
+        let mut envoy = Envoy::spawn(tokengate_config, free_port(), &[])?;
         match envoy.wait_started(START_TIMEOUT)? {
             Started::Ready => Err(format!(
                 "Envoy accepted a configuration tokengate should have refused; log tail:\n{}",
@@ -247,14 +281,25 @@ impl Envoy {
         }
     }
 
-    fn spawn(tokengate_config: &str, upstream_port: u16) -> Result<Envoy, String> {
+    fn spawn(
+        tokengate_config: &str,
+        upstream_port: u16,
+        extra_clusters: &[(&str, u16)],
+    ) -> Result<Envoy, String> {
         let (program, leading) = envoy_command()?;
         let wasm = wasm_path()?;
         let dir = unique_dir()?;
         let [admin_port, port] = free_ports::<2>();
         let config_path = dir.join("envoy.yaml");
         // JSON is YAML; this way the tokengate document needs no YAML quoting.
-        let bootstrap = bootstrap(tokengate_config, &wasm, admin_port, port, upstream_port);
+        let bootstrap = bootstrap_with_clusters(
+            tokengate_config,
+            &wasm,
+            admin_port,
+            port,
+            upstream_port,
+            extra_clusters,
+        );
         let text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())?;
         fs::write(&config_path, text)
             .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
@@ -277,6 +322,9 @@ impl Envoy {
             .arg(base_id.to_string())
             .arg("--log-path")
             .arg(dir.join("envoy.log"))
+            // The log file is flushed every 10 s by default: lines a test looks for, or
+            // the tail printed when a test fails, would lag that much behind.
+            .args(["--file-flush-interval-msec", "100"])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -1,6 +1,7 @@
 //! The end-to-end harness: a loopback upstream that echoes what it received, an Envoy
-//! launcher running the built `tokengate.wasm`, a tiny HTTP/1.1 client, stats parsing
-//! and shared signing keys. Everything binds to 127.0.0.1 only, every wait is bounded.
+//! launcher running the built `tokengate.wasm`, a tiny HTTP/1.1 client, stats parsing,
+//! shared signing keys, and a controllable identity provider for remote key sets.
+//! Everything binds to 127.0.0.1 only, every wait is bounded.
 
 #![allow(dead_code)]
 #![allow(
@@ -12,6 +13,8 @@
 
 pub mod client;
 pub mod envoy;
+pub mod idp;
+pub mod keepalive;
 pub mod keys;
 pub mod upstream;
 
