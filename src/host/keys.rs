@@ -76,7 +76,13 @@ impl KeyStore {
                 }),
                 KeySource::Inline(_) => None,
             })
-            .collect();
+            .collect::<Vec<Remote>>();
+        // Create the leases now, at configuration, not at the first tick: proxy-wasm has
+        // no create-if-absent, so a lease created while another VM already holds one
+        // could overwrite it; at configuration time no VM has fetched yet.
+        for remote in &remotes {
+            let _ = read_lease(&remote.spec);
+        }
         KeyStore {
             remotes,
             nonce,
@@ -476,7 +482,8 @@ fn read_shared_keys(spec: &RemoteSpec) -> Option<SharedKeys> {
     SharedKeys::decode(&bytes?)
 }
 
-/// Reads the lease and its CAS, creating a free lease the first time.
+/// Reads the lease and its CAS, creating a free lease the first time (normally at
+/// configuration, see `KeyStore::new`).
 fn read_lease(spec: &RemoteSpec) -> Option<(Lease, u32)> {
     let key = lease_key(spec);
     for _ in 0..2 {
