@@ -4,7 +4,7 @@
 
 use crate::jwt::Lifetime;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// What a verified token means for the request, computed once and reused on hits.
@@ -22,10 +22,15 @@ pub struct Entry {
     pub identity: Rc<Identity>,
 }
 
-/// A bounded map from (provider, token) to the verified identity.
+/// A bounded map from (provider, token) to the verified identity, evicting the oldest
+/// insertion first. (Evicting "any" entry of a hash map is not random: under churn it
+/// keeps evicting the same buckets, so a fixed subset stays and the rest always misses.)
 #[derive(Debug)]
 pub struct TokenCache {
-    per_provider: Vec<HashMap<String, Entry>>,
+    per_provider: Vec<HashMap<Rc<str>, Entry>>,
+    /// Insertion order. May hold keys already gone (removed, expired, cleared); those
+    /// are skipped when evicting and dropped when the queue is compacted.
+    order: VecDeque<(usize, Rc<str>)>,
     entries: usize,
     bytes: usize,
     max_entries: usize,
@@ -40,6 +45,7 @@ impl TokenCache {
     pub fn new(providers: usize, max_entries: usize, max_bytes: usize) -> TokenCache {
         TokenCache {
             per_provider: (0..providers).map(|_| HashMap::new()).collect(),
+            order: VecDeque::new(),
             entries: 0,
             bytes: 0,
             max_entries,
@@ -68,49 +74,64 @@ impl TokenCache {
         }
     }
 
-    /// Stores an entry, evicting when full. `now` lets expired entries go first.
-    pub fn insert(&mut self, provider: usize, token: &str, entry: Entry, now: i64) {
-        if token.len() > self.max_bytes || self.max_entries == 0 {
+    /// Stores an entry, evicting the oldest entries when full.
+    pub fn insert(&mut self, provider: usize, token: &str, entry: Entry) {
+        if token.len() > self.max_bytes
+            || self.max_entries == 0
+            || provider >= self.per_provider.len()
+        {
             return;
         }
         self.remove(provider, token);
         while self.entries >= self.max_entries || self.bytes + token.len() > self.max_bytes {
-            if !self.evict_one(now) {
+            if !self.evict_oldest() {
                 return;
             }
         }
+        let key: Rc<str> = Rc::from(token);
         if let Some(map) = self.per_provider.get_mut(provider) {
-            map.insert(token.to_owned(), entry);
+            map.insert(key.clone(), entry);
             self.entries += 1;
             self.bytes += token.len();
+            self.order.push_back((provider, key));
+        }
+        if self.order.len() > 2 * self.max_entries + 64 {
+            self.compact_order();
         }
     }
 
-    /// Drops an expired entry if one is at hand, else an arbitrary one. The hash map's
-    /// order is random per process, so an attacker can't pick what stays.
-    fn evict_one(&mut self, now: i64) -> bool {
-        for map in &mut self.per_provider {
-            let victim = map
-                .iter()
-                .take(8)
-                .find(|(_, e)| e.lifetime.exp.is_some_and(|exp| exp <= now))
-                .or_else(|| map.iter().next())
-                .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                map.remove(&victim);
-                self.entries -= 1;
-                self.bytes -= victim.len();
+    /// Whether a queued key is still the live one (not removed, nor removed and
+    /// inserted again later, which queued a newer copy).
+    fn is_live(&self, provider: usize, key: &Rc<str>) -> bool {
+        self.per_provider
+            .get(provider)
+            .and_then(|map| map.get_key_value(&**key))
+            .is_some_and(|(live, _)| Rc::ptr_eq(live, key))
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((provider, key)) = self.order.pop_front() {
+            if self.is_live(provider, &key) {
+                self.remove(provider, &key);
                 return true;
             }
         }
         false
     }
 
+    fn compact_order(&mut self) {
+        let order = std::mem::take(&mut self.order);
+        self.order = order
+            .into_iter()
+            .filter(|(p, k)| self.is_live(*p, k))
+            .collect();
+    }
+
     /// Forgets everything a provider verified: its keys changed.
     pub fn clear_provider(&mut self, provider: usize) {
         if let Some(map) = self.per_provider.get_mut(provider) {
             self.entries -= map.len();
-            self.bytes -= map.keys().map(String::len).sum::<usize>();
+            self.bytes -= map.keys().map(|k| k.len()).sum::<usize>();
             map.clear();
         }
     }
@@ -137,7 +158,7 @@ mod tests {
     #[test]
     fn a_different_token_never_hits() {
         let mut cache = TokenCache::new(2, 10, 1000);
-        cache.insert(0, "a.b.c", entry(100), 0);
+        cache.insert(0, "a.b.c", entry(100));
         assert!(cache.get(0, "a.b.c").is_some());
         assert!(cache.get(0, "a.b.d").is_none());
         assert!(
@@ -150,7 +171,7 @@ mod tests {
     fn entry_count_stays_bounded() {
         let mut cache = TokenCache::new(1, 3, 1000);
         for i in 0..50 {
-            cache.insert(0, &format!("token-{i}"), entry(100), 0);
+            cache.insert(0, &format!("token-{i}"), entry(100));
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.get(0, "token-49").is_some());
@@ -160,17 +181,58 @@ mod tests {
     fn byte_budget_stays_bounded() {
         let mut cache = TokenCache::new(1, 100, 25);
         for i in 0..20 {
-            cache.insert(0, &format!("token-{i:04}"), entry(100), 0);
+            cache.insert(0, &format!("token-{i:04}"), entry(100));
         }
         assert!(cache.bytes <= 25);
         assert_eq!(cache.len(), 2);
     }
 
     #[test]
+    fn oldest_entries_are_evicted_first() {
+        let mut cache = TokenCache::new(1, 3, 1000);
+        for i in 0..10 {
+            cache.insert(0, &format!("token-{i}"), entry(100));
+            assert!(cache.get(0, &format!("token-{i}")).is_some());
+        }
+        let kept: Vec<bool> = (0..10)
+            .map(|i| cache.get(0, &format!("token-{i}")).is_some())
+            .collect();
+        assert_eq!(
+            kept,
+            [false, false, false, false, false, false, false, true, true, true]
+        );
+    }
+
+    #[test]
+    fn reinserted_token_is_not_evicted_by_its_old_queue_slot() {
+        let mut cache = TokenCache::new(1, 2, 1000);
+        cache.insert(0, "a", entry(100));
+        cache.insert(0, "b", entry(100));
+        cache.remove(0, "a");
+        cache.insert(0, "a", entry(100));
+        cache.insert(0, "c", entry(100)); // evicts b, the oldest live entry
+        assert!(cache.get(0, "a").is_some());
+        assert!(cache.get(0, "b").is_none());
+        assert!(cache.get(0, "c").is_some());
+    }
+
+    #[test]
+    fn insertion_order_queue_stays_bounded_under_churn() {
+        let mut cache = TokenCache::new(1, 4, 1000);
+        for i in 0..1000 {
+            let token = format!("t{i}");
+            cache.insert(0, &token, entry(100));
+            cache.remove(0, &token);
+        }
+        assert!(cache.order.len() <= 2 * 4 + 64);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
     fn clearing_a_provider_forgets_its_tokens_only() {
         let mut cache = TokenCache::new(2, 10, 1000);
-        cache.insert(0, "a", entry(100), 0);
-        cache.insert(1, "b", entry(100), 0);
+        cache.insert(0, "a", entry(100));
+        cache.insert(1, "b", entry(100));
         cache.clear_provider(0);
         assert!(cache.get(0, "a").is_none());
         assert!(cache.get(1, "b").is_some());

@@ -275,7 +275,6 @@ fn authenticate(
         headers,
         claims: Rc::new(verified.claims),
     });
-    let now_signed = i64::try_from(now).unwrap_or(i64::MAX);
     cache.insert(
         id,
         token,
@@ -283,7 +282,6 @@ fn authenticate(
             lifetime: verified.lifetime,
             identity: identity.clone(),
         },
-        now_signed,
     );
     Ok(identity)
 }
