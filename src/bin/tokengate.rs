@@ -12,9 +12,10 @@ const USAGE: &str = "\
 usage:
   tokengate check CONFIG.json           validate a filter configuration (- for stdin)
   tokengate token --key KEY.jwk [--iss ISS] [--sub SUB] [--aud AUD]... [--exp-in 1h]
-                  [--nbf-in 0s] [--no-exp] [--typ TYP] [--claim NAME=VALUE]...
+                  [--nbf-in 0s] [--no-exp] [--typ TYP] [--claim NAME=VALUE]... [--count N]
                                         mint a token (VALUE is JSON if it parses, else a string;
-                                        NAME may be a dotted path: realm_access.roles='[\"a\"]')
+                                        NAME may be a dotted path: realm_access.roles='[\"a\"]';
+                                        --count N prints N tokens, one per line, each with its own jti)
   tokengate keygen [--alg RS256|PS256|ES256|ES384|EdDSA|HS256] [--kid KID] [--out DIR]
                                         write DIR/KID.jwk (private) and add its public half
                                         to DIR/jwks.json
@@ -135,6 +136,7 @@ fn token(args: &[String]) -> Result<(), String> {
     let mut audiences: Vec<String> = Vec::new();
     let mut exp_in = Some(3600);
     let mut typ = None;
+    let mut count: u64 = 1;
     let mut i = 0;
     while i < args.len() {
         let flag = args.get(i).map(String::as_str).unwrap_or_default();
@@ -155,6 +157,10 @@ fn token(args: &[String]) -> Result<(), String> {
                 json!(now + parse_duration(value_of(args, i, flag)?)?),
             )?,
             "--typ" => typ = Some(value_of(args, i, flag)?.to_owned()),
+            "--count" => {
+                let text = value_of(args, i, flag)?;
+                count = text.parse().map_err(|_| format!("bad --count {text:?}"))?;
+            }
             "--claim" => {
                 let pair = value_of(args, i, flag)?;
                 let (name, raw) = pair
@@ -184,7 +190,18 @@ fn token(args: &[String]) -> Result<(), String> {
     if let (Some(kid), Some(obj)) = (&key.kid, header.as_object_mut()) {
         obj.insert("kid".into(), json!(kid));
     }
-    println!("{}", key.sign_with_header(&header, &Value::Object(claims))?);
+    if count == 1 {
+        println!("{}", key.sign_with_header(&header, &Value::Object(claims))?);
+        return Ok(());
+    }
+    // Many distinct tokens (benchmarks, cache tests): each gets its own `jti`.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for n in 0..count {
+        set_claim(&mut claims, "jti", json!(format!("{now}-{n}")))?;
+        let token = key.sign_with_header(&header, &Value::Object(claims.clone()))?;
+        std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
