@@ -3,14 +3,15 @@
 
 use crate::alg::Alg;
 use crate::b64;
-use crate::crypto::PublicKey;
+use crate::crypto::{Ed25519Key, PublicKey};
+use crate::rsa_verify::{KeyError, RsaKey};
 use serde_json::Value;
 
 /// The most bytes of JWKS JSON we parse; checked before parsing.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// The most keys a set keeps; later ones are skipped.
 pub const MAX_KEYS: usize = 64;
-const MIN_RSA_BITS: usize = 2048;
+const MIN_RSA_BITS: usize = crate::rsa_verify::MIN_BITS;
 
 /// One usable verification key.
 #[derive(Debug, Clone)]
@@ -233,10 +234,7 @@ fn parse_key(entry: &Value) -> Result<Key, SkipReason> {
         Some("OKP") => match text("crv") {
             Some("Ed25519") => {
                 let x = member(obj, "x", Some(32))?;
-                PublicKey::Ed25519(
-                    ed25519_compact::PublicKey::from_slice(&x)
-                        .map_err(|_| SkipReason::InvalidPoint)?,
-                )
+                PublicKey::Ed25519(Ed25519Key::from_bytes(&x).ok_or(SkipReason::InvalidPoint)?)
             }
             _ => return Err(SkipReason::UnknownCurve),
         },
@@ -299,18 +297,14 @@ fn ec_point(
 }
 
 fn rsa_key(obj: &serde_json::Map<String, Value>) -> Result<PublicKey, SkipReason> {
-    let n = rsa::BigUint::from_bytes_be(&member(obj, "n", None)?);
-    let e = rsa::BigUint::from_bytes_be(&member(obj, "e", None)?);
-    if n.bits() < MIN_RSA_BITS {
-        return Err(SkipReason::RsaTooSmall);
-    }
-    if n.bits() > 4096 {
-        return Err(SkipReason::RsaTooLarge);
-    }
-    if e < rsa::BigUint::from(3u32) || (&e % rsa::BigUint::from(2u32)) == rsa::BigUint::from(0u32) {
-        return Err(SkipReason::RsaBadExponent);
-    }
-    rsa::RsaPublicKey::new(n, e)
+    let n = member(obj, "n", None)?;
+    let e = member(obj, "e", None)?;
+    // Montgomery parameters are computed here, once per key, not per token.
+    RsaKey::new(&n, &e)
         .map(PublicKey::Rsa)
-        .map_err(|_| SkipReason::RsaBadExponent)
+        .map_err(|error| match error {
+            KeyError::TooSmall => SkipReason::RsaTooSmall,
+            KeyError::TooLarge => SkipReason::RsaTooLarge,
+            _ => SkipReason::RsaBadExponent,
+        })
 }

@@ -17,6 +17,7 @@ pub mod host;
 pub mod jwks;
 pub mod jwt;
 pub mod remote;
+pub mod rsa_verify;
 pub mod rules;
 pub mod sign;
 pub mod stats;

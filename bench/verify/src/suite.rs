@@ -1,0 +1,248 @@
+//! The suite: every vector × every implementation that can verify it × {key parse, valid
+//! signature, bad signature}, each timed in rounds with a clock passed in (nanoseconds).
+
+use crate::alg::Alg;
+use crate::candidates;
+use crate::jwks::KeySet;
+use serde_json::{json, Value};
+
+/// The vectors run by default (run.sh regenerates them with `verify-bench gen`).
+pub const VECTORS: &str = include_str!("../vectors.json");
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Timed rounds per row; the row reports their median, min and max.
+    pub rounds: usize,
+    /// Target duration of one round: decides how many operations a round runs.
+    pub round_ns: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rounds: 7,
+            round_ns: 20_000_000,
+        }
+    }
+}
+
+/// One measured row, in nanoseconds per operation.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub vector: String,
+    pub implementation: &'static str,
+    pub case: &'static str,
+    /// The very first call (cold: nothing cached, code maybe not yet optimized by the JIT).
+    pub first: u64,
+    pub median: u64,
+    pub min: u64,
+    pub max: u64,
+    pub ops_per_round: u64,
+    /// False if a result was wrong (a valid signature refused or a bad one accepted).
+    pub correct: bool,
+}
+
+impl Row {
+    /// `bench|engine|vector|implementation|case|first|median|min|max|ops|ok`, times in ns.
+    pub fn line(&self, engine: &str) -> String {
+        format!(
+            "bench|{engine}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.vector,
+            self.implementation,
+            self.case,
+            self.first,
+            self.median,
+            self.min,
+            self.max,
+            self.ops_per_round,
+            if self.correct { "ok" } else { "WRONG" }
+        )
+    }
+}
+
+struct Vector {
+    name: String,
+    alg: Alg,
+    jwk: Value,
+    message: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+fn vectors(json: &str) -> Result<Vec<Vector>, String> {
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("vectors: {e}"))?;
+    let list = value.as_array().ok_or("vectors: not an array")?;
+    list.iter()
+        .map(|v| {
+            let text = |name: &str| {
+                v.get(name)
+                    .and_then(Value::as_str)
+                    .ok_or(format!("vector without {name}"))
+            };
+            let signature =
+                crate::b64::decode(text("signature")?.as_bytes()).ok_or("bad signature")?;
+            Ok(Vector {
+                name: text("name")?.to_owned(),
+                alg: Alg::from_name(text("alg")?).ok_or("unknown alg")?,
+                jwk: v.get("jwk").cloned().ok_or("vector without jwk")?,
+                message: text("message")?.as_bytes().to_vec(),
+                signature,
+            })
+        })
+        .collect()
+}
+
+/// Times `job` (which returns its verdict) and checks every verdict is `expected`.
+fn measure(
+    clock: &dyn Fn() -> u64,
+    settings: Settings,
+    expected: bool,
+    job: &dyn Fn() -> bool,
+) -> (u64, u64, u64, u64, u64, bool) {
+    let mut correct = true;
+    let start = clock();
+    correct &= job() == expected;
+    let first = clock().saturating_sub(start);
+    // Warm up for one round's time (untimed): V8 tiers functions up from its baseline
+    // compiler in background threads, which compete with the measurement on 2 CPUs.
+    let start = clock();
+    while clock().saturating_sub(start) < settings.round_ns {
+        correct &= job() == expected;
+    }
+    // Calibrate on a few warm calls.
+    let start = clock();
+    for _ in 0..3 {
+        correct &= job() == expected;
+    }
+    let warm = (clock().saturating_sub(start) / 3).max(1);
+    let ops = (settings.round_ns / warm).clamp(1, 100_000);
+    let mut per_op: Vec<u64> = (0..settings.rounds.max(1))
+        .map(|_| {
+            let start = clock();
+            for _ in 0..ops {
+                correct &= job() == expected;
+            }
+            clock().saturating_sub(start) / ops
+        })
+        .collect();
+    per_op.sort_unstable();
+    let median = per_op.get(per_op.len() / 2).copied().unwrap_or(0);
+    let min = per_op.first().copied().unwrap_or(0);
+    let max = per_op.last().copied().unwrap_or(0);
+    (first, median, min, max, ops, correct)
+}
+
+fn member(jwk: &Value, name: &str) -> Vec<u8> {
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .and_then(|s| crate::b64::decode(s.as_bytes()))
+        .unwrap_or_default()
+}
+
+/// Runs the suite on `vectors_json` (`None`: the built-in vectors), calling `emit` per row.
+pub fn run(
+    vectors_json: Option<&str>,
+    clock: &dyn Fn() -> u64,
+    settings: Settings,
+    emit: &mut dyn FnMut(&Row),
+) -> Result<(), String> {
+    for v in vectors(vectors_json.unwrap_or(VECTORS))? {
+        let jwks = json!({ "keys": [v.jwk] });
+        let key = KeySet::from_value(&jwks)
+            .map_err(|e| format!("{}: {e}", v.name))?
+            .set
+            .keys()
+            .first()
+            .map(|k| k.key.clone())
+            .ok_or("no key")?;
+        let mut bad = v.signature.clone();
+        if let Some(byte) = bad.get_mut(40) {
+            *byte ^= 0x01;
+        }
+        let (alg, message, good) = (v.alg, v.message.as_slice(), v.signature.as_slice());
+
+        let mut row = |implementation: &'static str,
+                       case: &'static str,
+                       expected: bool,
+                       job: &dyn Fn() -> bool| {
+            let (first, median, min, max, ops_per_round, correct) =
+                measure(clock, settings, expected, job);
+            emit(&Row {
+                vector: v.name.clone(),
+                implementation,
+                case,
+                first,
+                median,
+                min,
+                max,
+                ops_per_round,
+                correct,
+            });
+        };
+
+        row("tokengate", "verify", true, &|| {
+            key.verify(alg, message, good)
+        });
+        row("tokengate", "bad sig", false, &|| {
+            key.verify(alg, message, &bad)
+        });
+        row("tokengate", "parse key", true, &|| {
+            KeySet::from_value(&jwks).is_ok()
+        });
+        match alg {
+            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512 => {
+                let (n, e) = (member(&v.jwk, "n"), member(&v.jwk, "e"));
+                let old = candidates::rsa_crate_key(&n, &e).ok_or("rsa crate refused the key")?;
+                row("rsa 0.9 (old)", "verify", true, &|| {
+                    candidates::rsa_crate_verify(&old, alg, message, good)
+                });
+                row("rsa 0.9 (old)", "bad sig", false, &|| {
+                    candidates::rsa_crate_verify(&old, alg, message, &bad)
+                });
+                row("rsa 0.9 (old)", "parse key", true, &|| {
+                    candidates::rsa_crate_key(&n, &e).is_some()
+                });
+                if alg == Alg::RS256 {
+                    let e64 = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                    let boxed =
+                        candidates::BoxedRsa::new(&n, e64).ok_or("boxed refused the key")?;
+                    row("crypto-bigint Boxed", "verify", true, &|| {
+                        boxed.verify_rs256(message, good)
+                    });
+                    row("crypto-bigint Boxed", "parse key", true, &|| {
+                        candidates::BoxedRsa::new(&n, e64).is_some()
+                    });
+                }
+            }
+            Alg::EdDSA => {
+                let x = member(&v.jwk, "x");
+                let old = ed25519_compact::PublicKey::from_slice(&x).map_err(|e| e.to_string())?;
+                row("ed25519-compact (old)", "verify", true, &|| {
+                    candidates::ed25519_compact_verify(&old, message, good)
+                });
+                row("ed25519-compact (old)", "bad sig", false, &|| {
+                    candidates::ed25519_compact_verify(&old, message, &bad)
+                });
+                let alt = candidates::ed25519_dalek_alt_key(&x).ok_or("dalek refused the key")?;
+                row(candidates::DALEK_ALT, "verify", true, &|| {
+                    candidates::ed25519_dalek_alt_verify(&alt, message, good)
+                });
+                row(candidates::DALEK_ALT, "bad sig", false, &|| {
+                    candidates::ed25519_dalek_alt_verify(&alt, message, &bad)
+                });
+            }
+            Alg::ES256 => {
+                let (x, y) = (member(&v.jwk, "x"), member(&v.jwk, "y"));
+                let lib = candidates::libcrux_es256_key(&x, &y).ok_or("libcrux refused the key")?;
+                row("libcrux-ecdsa", "verify", true, &|| {
+                    candidates::libcrux_es256_verify(&lib, message, good)
+                });
+                row("libcrux-ecdsa", "bad sig", false, &|| {
+                    candidates::libcrux_es256_verify(&lib, message, &bad)
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
