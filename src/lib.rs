@@ -19,6 +19,9 @@ pub mod jwt;
 pub mod remote;
 pub mod rsa_verify;
 pub mod rules;
+/// Signing needs the `cli` feature: the filter only verifies, so none of it ships in
+/// the .wasm.
+#[cfg(feature = "cli")]
 pub mod sign;
 pub mod stats;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Signing compact JWS tokens from a private JWK: development tokens (`tokengate
-//! token`), test vectors, and later the gateway's own minted tokens. Verification never
-//! goes through here.
+//! token`) and test vectors. Native only (the `cli` feature): the filter never signs yet;
+//! the gateway's own minted tokens will need a wasm-side ES256/EdDSA signer. Verification
+//! never goes through here.
 
 use crate::alg::{Alg, Hash};
 use crate::b64;
@@ -215,7 +216,6 @@ fn sign_rsa(key: &rsa::RsaPrivateKey, alg: Alg, message: &[u8]) -> Result<Vec<u8
     sign_pss(key, alg.hash(), &digest)
 }
 
-#[cfg(feature = "cli")]
 fn sign_pss(key: &rsa::RsaPrivateKey, hash: Hash, digest: &[u8]) -> Result<Vec<u8>, String> {
     let mut rng = rand::rngs::OsRng;
     let scheme = match hash {
@@ -227,13 +227,7 @@ fn sign_pss(key: &rsa::RsaPrivateKey, hash: Hash, digest: &[u8]) -> Result<Vec<u
         .map_err(|e| e.to_string())
 }
 
-#[cfg(not(feature = "cli"))]
-fn sign_pss(_: &rsa::RsaPrivateKey, _: Hash, _: &[u8]) -> Result<Vec<u8>, String> {
-    Err("RSA-PSS signing needs the `cli` feature".into())
-}
-
 /// Generates a new private key as a JWK (development use: `tokengate keygen`).
-#[cfg(feature = "cli")]
 pub fn generate_jwk(alg: Alg, kid: &str) -> Result<Value, String> {
     use rand::RngCore;
     let mut rng = rand::rngs::OsRng;
