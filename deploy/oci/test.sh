@@ -372,7 +372,7 @@ fi
 # A second build from scratch: the source copied to another path, its own target directory.
 COPY="$TMP/source-copy"
 mkdir -p "$COPY"
-for entry in Cargo.toml Cargo.lock Makefile build.rs rust-toolchain rust-toolchain.toml .cargo src deploy/oci; do
+for entry in Cargo.toml Cargo.lock Makefile build.rs rust-toolchain rust-toolchain.toml .cargo .ci src deploy/oci; do
     [[ -e $entry ]] || continue
     mkdir -p "$COPY/$(dirname "$entry")"
     cp -a "$entry" "$COPY/$entry"
