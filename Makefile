@@ -32,7 +32,7 @@ ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 
 build: $(WASM)
 
 $(WASM): Cargo.toml Cargo.lock $(shell find src -name '*.rs') $(DIST)/.revision
-	@.ci/deps --no-apt
+	@.ci/deps --toolchain
 	@mkdir -p $(DIST)
 	TOKENGATE_REVISION=$(REVISION) RUSTFLAGS="$(WASM_RUSTFLAGS)" $(CARGO) build --release --target $(WASM_TARGET) --no-default-features --lib
 	cp target/$(WASM_TARGET)/release/tokengate.wasm $(WASM)
