@@ -77,10 +77,9 @@ CONNECTIONS = env_int("BENCH_CONNECTIONS", 16)
 THREADS = env_int("BENCH_THREADS", 1)
 ROUNDS = env_int("BENCH_ROUNDS", 2)
 WARMUP = env_int("BENCH_WARMUP", 1)
-# The filter keeps 4096 verified tokens per worker and evicts the first entry of its hash
-# map, so a fixed subset of a cycling list stays cached: a list of N tokens hits about
-# 4096/N of the time. 12000 keeps the "cold" run mostly misses; the run reports the hit
-# rate it saw.
+# The filter keeps 4096 verified tokens per worker and evicts the oldest first, so a list
+# cycling through more tokens than that should (almost) never hit; the run reports the
+# hit rate it saw (warm-up and wrk's connection start can still give a few hits).
 COLD_TOKENS = env_int("BENCH_COLD_TOKENS", 12000)
 BAD_TOKENS = env_int("BENCH_BAD_TOKENS", 2000)
 ONLY = os.environ.get("BENCH_ONLY", "")
@@ -1029,9 +1028,8 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         "req/s: mean of the rounds; p50/p99: mean of the rounds' wrk percentiles. × native "
         "compares a tokengate row with the jwt_authn row of the same load (cached with "
         "jwt_authn + cache, cold with jwt_authn without cache, bad signatures with bad "
-        "signatures). Cold rows: the filter's cache still answers part of a cycling list "
-        "(it evicts the first entry of its hash map, so a fixed subset of the tokens stays), "
-        "so the cold targets are judged on an estimate with every request a miss: per round, "
+        "signatures). Cold rows: the filter's cache may still answer a few requests of a "
+        "cycling list, so the cold targets are judged on an estimate with every request a miss: per round, "
         "1/miss = (1/cold − h/cached) / (1 − h), h the hit rate seen, the cached row's req/s "
         "the cost of a hit. Memory: the size of each wasm VM's linear memory (tokengate's and the "
         "floor's, main thread and worker), read from the Envoy process's memory map; it "
