@@ -88,7 +88,25 @@ pub fn request(
     stream.flush()?;
 
     let mut reader = BufReader::new(stream);
-    let lines = read_head(&mut reader)?.ok_or_else(|| {
+    let (status, headers) = read_response_head(&mut reader)?;
+    let body = if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status)
+    {
+        Vec::new()
+    } else {
+        read_body(&mut reader, &headers, true)?
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads a message head: the lines up to the empty line, without line endings. `None`
+/// if the connection was closed cleanly before the first byte.
+/// Reads a response's status line and headers (names lowercase).
+pub fn read_response_head<R: BufRead>(reader: &mut R) -> io::Result<(u16, Vec<(String, String)>)> {
+    let lines = read_head(reader)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed before a response",
@@ -107,22 +125,9 @@ pub fn request(
                 format!("bad status line {status_line:?}"),
             )
         })?;
-    let headers = parse_headers(header_lines)?;
-    let body = if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status)
-    {
-        Vec::new()
-    } else {
-        read_body(&mut reader, &headers, true)?
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+    Ok((status, parse_headers(header_lines)?))
 }
 
-/// Reads a message head: the lines up to the empty line, without line endings. `None`
-/// if the connection was closed cleanly before the first byte.
 pub fn read_head<R: BufRead>(reader: &mut R) -> io::Result<Option<Vec<String>>> {
     let mut lines = Vec::new();
     let mut total = 0usize;

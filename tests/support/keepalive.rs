@@ -1,7 +1,7 @@
 //! A kept-alive HTTP/1.1 connection, for sending many requests quickly. Reconnects when
 //! the server closes the connection between requests.
 
-use super::client::{parse_headers, read_body, read_head, Response, TIMEOUT};
+use super::client::{read_body, read_response_head, Response, TIMEOUT};
 use std::io::{self, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
@@ -62,26 +62,7 @@ impl Connection {
         let result = (|| {
             writer.write_all(head.as_bytes())?;
             writer.flush()?;
-            let lines = read_head(reader)?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before a response",
-                )
-            })?;
-            let (status_line, header_lines) = lines
-                .split_first()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty response head"))?;
-            let status = status_line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad status line {status_line:?}"),
-                    )
-                })?;
-            let headers = parse_headers(header_lines)?;
+            let (status, headers) = read_response_head(reader)?;
             let body = read_body(reader, &headers, true)?;
             // Without a length the body ran to the end of the connection.
             let framed = headers
