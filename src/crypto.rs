@@ -117,11 +117,7 @@ impl PublicKey {
             }
             PublicKey::Ed25519(key) => key.verify(message, signature),
             PublicKey::Oct(secret) => {
-                let expected: Vec<u8> = match alg.hash() {
-                    Hash::Sha256 => hmac_sha256::HMAC::mac(message, secret).to_vec(),
-                    Hash::Sha384 => hmac_sha512::sha384::HMAC::mac(message, secret).to_vec(),
-                    Hash::Sha512 => hmac_sha512::HMAC::mac(message, secret).to_vec(),
-                };
+                let expected = hmac(alg.hash(), secret, message);
                 constant_time_eq(&expected, signature)
             }
         }
@@ -133,6 +129,15 @@ fn verify_rsa(key: &RsaKey, alg: Alg, message: &[u8], signature: &[u8]) -> bool 
         Alg::RS256 | Alg::RS384 | Alg::RS512 => key.verify_pkcs1v15(alg.hash(), message, signature),
         Alg::PS256 | Alg::PS384 | Alg::PS512 => key.verify_pss(alg.hash(), message, signature),
         _ => false,
+    }
+}
+
+/// HMAC of `message` under `secret` (verification here; signing and tests reuse it).
+pub fn hmac(hash: Hash, secret: &[u8], message: &[u8]) -> Vec<u8> {
+    match hash {
+        Hash::Sha256 => hmac_sha256::HMAC::mac(message, secret).to_vec(),
+        Hash::Sha384 => hmac_sha512::sha384::HMAC::mac(message, secret).to_vec(),
+        Hash::Sha512 => hmac_sha512::HMAC::mac(message, secret).to_vec(),
     }
 }
 

@@ -209,6 +209,11 @@ pub fn backoff_ms(failures: u32, have_keys: bool, jitter: f64) -> u64 {
     ((step as f64) * factor) as u64
 }
 
+/// Whether a key set fetched at `fetched_at_ms` is past its time to live.
+pub fn is_stale(fetched_at_ms: u64, ttl_secs: u64, now_ms: u64) -> bool {
+    now_ms >= fetched_at_ms.saturating_add(ttl_secs.saturating_mul(1000))
+}
+
 /// The key set all workers share, stored in proxy-wasm shared data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedKeys {
@@ -235,10 +240,7 @@ impl SharedKeys {
 
     /// Past its time to live: still served when refreshes fail, but counted as stale.
     pub fn is_stale(&self, now_ms: u64) -> bool {
-        now_ms
-            >= self
-                .fetched_at_ms
-                .saturating_add(self.ttl_secs.saturating_mul(1000))
+        is_stale(self.fetched_at_ms, self.ttl_secs, now_ms)
     }
 }
 

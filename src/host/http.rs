@@ -103,11 +103,7 @@ fn apply(state: &VmState, decision: Decision) -> bool {
                     refusal.reason()
                 );
             }
-            let mut headers = vec![("content-type", "application/json")];
-            if let Some(challenge) = deny.www_authenticate.as_deref() {
-                headers.push(("www-authenticate", challenge));
-            }
-            let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
+            send(&deny);
             false
         }
         Outcome::Wait(_) => {
@@ -117,11 +113,19 @@ fn apply(state: &VmState, decision: Decision) -> bool {
                 Refusal::Authn(AuthnError::KeysUnavailable),
                 &state.config.realm,
             );
-            let headers = vec![("content-type", "application/json")];
-            let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
+            send(&deny);
             false
         }
     }
+}
+
+/// Answers the request with a refusal.
+fn send(deny: &Deny) {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(challenge) = deny.www_authenticate.as_deref() {
+        headers.push(("www-authenticate", challenge));
+    }
+    let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
 }
 
 /// Decides a paused request again (its keys moved, or its time is up) and lets it go.

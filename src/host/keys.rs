@@ -397,10 +397,7 @@ impl Remote {
     }
 
     fn is_stale(&self, now_ms: u64) -> bool {
-        now_ms
-            >= self
-                .fetched_at_ms
-                .saturating_add(self.ttl_secs.saturating_mul(1000))
+        crate::remote::is_stale(self.fetched_at_ms, self.ttl_secs, now_ms)
     }
 }
 
