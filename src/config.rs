@@ -232,12 +232,118 @@ impl Config {
 
 /// First phase: JSON into the raw document, with the path of any error.
 pub fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ConfigError::new(path, inner.to_string())
+    serde_json::from_slice(bytes).map_err(|e| {
+        let offset = offset_of(bytes, e.line(), e.column());
+        ConfigError::new(path_at(bytes, offset), e.to_string())
     })
+}
+
+/// The byte offset of serde_json's 1-based line and column (bytes since the line's
+/// start): where the parser stood when it gave up.
+fn offset_of(bytes: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(bytes.len(), |(i, _)| i + 1)
+    };
+    line_start.saturating_add(column).min(bytes.len())
+}
+
+/// One open JSON container while scanning for a path.
+enum Frame {
+    Object { key: Option<String> },
+    Array { index: usize },
+}
+
+/// The field path (`providers.corp.jwks.inline.keys[2]`) of the value the parser was in
+/// at `offset`. Rebuilding the path from the error's position, after the fact, costs a
+/// few lines here instead of wrapping every serde visitor (serde_path_to_error doubled
+/// the config parser's code, and V8 compiles all of it before Envoy opens a listener).
+/// Where the parser stopped right after closing a container (a missing field is
+/// reported when `}` is read), the path is the container's own.
+fn path_at(bytes: &[u8], offset: usize) -> String {
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut expecting_key = false;
+    let mut closed_here = false;
+    let mut i = 0;
+    while i < offset {
+        let Some(&byte) = bytes.get(i) else { break };
+        match byte {
+            b'"' => {
+                let end = string_end(bytes, i);
+                if expecting_key {
+                    if let Some(Frame::Object { key }) = stack.last_mut() {
+                        *key = bytes
+                            .get(i..end)
+                            .and_then(|quoted| serde_json::from_slice(quoted).ok());
+                    }
+                    expecting_key = false;
+                }
+                i = end;
+                continue;
+            }
+            b'{' => {
+                stack.push(Frame::Object { key: None });
+                expecting_key = true;
+            }
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                if i + 1 >= offset {
+                    closed_here = true;
+                    break;
+                }
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Array { index }) => *index += 1,
+                Some(Frame::Object { .. }) => expecting_key = true,
+                None => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    if closed_here {
+        // The closed container is the subject, named by its parent's key or index.
+        stack.pop();
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(key) } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Frame::Object { key: None } => {}
+            Frame::Array { index } => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
+}
+
+/// The index just past the JSON string starting at `start` (its opening quote), or the
+/// end of the input if it never closes.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
 }
 
 /// Second phase: validate and compile the raw document.
@@ -820,6 +926,38 @@ mod tests {
         assert!(e.message.contains("unknown field"), "{e}");
         let e = error_of(&with(|d| d["surprise"] = json!(true)));
         assert!(e.message.contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn error_paths_count_array_elements_and_decode_escaped_keys() {
+        let e = error_of(&with(|d| {
+            d["rules"] = json!([
+                {"match": {}, "allow": "anonymous"},
+                {"match": {"bogus": 1}, "allow": "anonymous"}
+            ])
+        }));
+        assert_eq!(e.path, "rules[1].match.bogus");
+        let e = error_of(&with(|d| {
+            let corp = d["providers"]["corp"].clone();
+            d["providers"]["co\"rp"] = corp;
+            d["providers"]["co\"rp"]["clock_skew_secs"] = json!([1]);
+        }));
+        assert_eq!(e.path, "providers.co\"rp.clock_skew_secs");
+    }
+
+    #[test]
+    fn error_paths_of_broken_documents_point_where_parsing_stopped() {
+        for (doc, path) in [
+            ("", ""),
+            ("{", ""),
+            ("{\"realm\": ", "realm"),
+            ("{\"rules\": [{}, {\"match\": {\"path\": {\"prefix\": \"/\"", "rules[1].match.path.prefix"),
+            ("[1, 2]", "[0]"),
+            ("{\"providers\": {\"a\\\"", "providers"),
+        ] {
+            let e = Config::from_json(doc.as_bytes()).unwrap_err();
+            assert_eq!(e.path, path, "{doc:?}: {e}");
+        }
     }
 
     #[test]
