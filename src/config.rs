@@ -4,7 +4,7 @@
 
 use crate::alg::Alg;
 use crate::claims::{ClaimPath, Forward};
-use crate::extract::Source;
+use crate::extract::{Reads, Source};
 use crate::jwks::KeySet;
 use crate::jwt::{normalize_token_type, Policy};
 use crate::remote::{self, Location, RemoteSpec, Uri};
@@ -215,6 +215,8 @@ pub struct Config {
     /// Every identity header (forwarded claims, payload headers), lowercase. Removed
     /// from every request, on every route, before the filter sets its own.
     pub identity_headers: Vec<String>,
+    /// What the filter reads of each request; nothing else is copied into the VM.
+    pub reads: Reads,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -403,11 +405,24 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .collect();
     identity_headers.sort();
     identity_headers.dedup();
+    let mut reads = Reads::default();
+    for provider in &providers {
+        for source in &provider.sources {
+            reads.add_source(source);
+        }
+    }
+    for rule in &rules {
+        rule.matcher.add_reads(&mut reads);
+    }
+    for name in &identity_headers {
+        reads.add_header(name);
+    }
     Ok(Config {
         realm,
         providers,
         rules,
         identity_headers,
+        reads,
     })
 }
 
@@ -918,6 +933,37 @@ mod tests {
     }
 
     #[test]
+    fn the_filter_reads_only_what_sources_rules_and_identity_headers_need() {
+        let config = Config::from_json(base().to_string().as_bytes()).unwrap();
+        assert_eq!(
+            config.reads,
+            Reads {
+                method: false,
+                path: false,
+                host: false,
+                headers: vec![
+                    "authorization".into(),
+                    "x-jwt-payload".into(),
+                    "x-user-id".into()
+                ],
+            }
+        );
+        let doc = with(|d| {
+            d["providers"]["corp"]["sources"] = json!([{"cookie": "session"}, {"query": "t"}]);
+            d["rules"] = json!([
+                {"match": {"path": {"prefix": "/a"}, "methods": ["GET"]}, "allow": "anonymous"},
+                {"match": {"headers": {"X-Tenant": {"equals": "t1"}}}, "authn": {"any": ["corp"]}}
+            ]);
+        });
+        let reads = Config::from_json(doc.to_string().as_bytes()).unwrap().reads;
+        assert!(reads.path && reads.method && !reads.host, "{reads:?}");
+        assert_eq!(
+            reads.headers,
+            vec!["cookie", "x-tenant", "x-jwt-payload", "x-user-id"]
+        );
+    }
+
+    #[test]
     fn unknown_field_is_an_error_naming_its_path() {
         let e = error_of(&with(|d| {
             d["providers"]["corp"]["jwks"]["bogus"] = json!(1)
@@ -951,7 +997,10 @@ mod tests {
             ("", ""),
             ("{", ""),
             ("{\"realm\": ", "realm"),
-            ("{\"rules\": [{}, {\"match\": {\"path\": {\"prefix\": \"/\"", "rules[1].match.path.prefix"),
+            (
+                "{\"rules\": [{}, {\"match\": {\"path\": {\"prefix\": \"/\"",
+                "rules[1].match.path.prefix",
+            ),
             ("[1, 2]", "[0]"),
             ("{\"providers\": {\"a\\\"", "providers"),
         ] {

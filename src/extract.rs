@@ -37,6 +37,36 @@ impl Request {
     }
 }
 
+/// What of a request the configuration looks at. The host reads exactly these, one
+/// host call each, instead of copying every header into the VM on every request.
+/// A header is read once: its first value (what Envoy's Wasm ABI returns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub method: bool,
+    pub path: bool,
+    pub host: bool,
+    /// Lowercase names, each once.
+    pub headers: Vec<String>,
+}
+
+impl Reads {
+    pub fn add_header(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        if !self.headers.contains(&name) {
+            self.headers.push(name);
+        }
+    }
+
+    /// Notes what a token source needs to be found and removed.
+    pub fn add_source(&mut self, source: &Source) {
+        match source {
+            Source::Header { name, .. } => self.add_header(name),
+            Source::Cookie(_) => self.add_header("cookie"),
+            Source::Query(_) => self.path = true,
+        }
+    }
+}
+
 /// A change to the request on its way upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {

@@ -1,6 +1,6 @@
 //! Rules: which requests need which authentication. First match wins.
 
-use crate::extract::Request;
+use crate::extract::{Reads, Request};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -113,6 +113,16 @@ impl PathMatch {
 }
 
 impl Matcher {
+    /// Notes the parts of a request this matcher looks at.
+    pub fn add_reads(&self, reads: &mut Reads) {
+        reads.path |= self.path.is_some();
+        reads.method |= self.methods.is_some();
+        reads.host |= self.host.is_some();
+        for (name, _) in &self.headers {
+            reads.add_header(name);
+        }
+    }
+
     pub fn matches(&self, request: &Request) -> bool {
         if let Some(path) = &self.path {
             if !path.matches(request.path_only()) {

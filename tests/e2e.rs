@@ -551,6 +551,53 @@ fn client_identity_headers_are_stripped_on_authenticated_and_anonymous_routes() 
 }
 
 #[test]
+fn header_values_that_are_not_utf8_neither_break_the_filter_nor_pass_as_tokens() {
+    let (upstream, envoy) = start();
+    let k = keys();
+    let token = sign(&k.rs256, &corp_claims("user-bytes"));
+    let raw = |headers: &[u8]| {
+        let mut bytes = b"GET /api/me HTTP/1.1\r\nhost: tokengate.test\r\n".to_vec();
+        bytes.extend_from_slice(headers);
+        bytes.extend_from_slice(b"connection: close\r\n\r\n");
+        envoy.send_raw(&bytes)
+    };
+
+    // obs-text (RFC 9110 §5.5) in an identity header: stripped like any spoofed value.
+    let mut headers = format!("authorization: Bearer {token}\r\n").into_bytes();
+    headers.extend_from_slice(b"x-user-id: caf\xe9 \xff\r\nx-user-email: \xfe\r\n");
+    let seen = forwarded("obs-text identity headers", &raw(&headers));
+    assert_eq!(
+        seen_header(&seen, "x-user-id"),
+        Some("user-bytes"),
+        "{seen}"
+    );
+    assert_eq!(seen_header(&seen, "x-user-email"), None, "{seen}");
+
+    // obs-text inside the token: refused, never forwarded.
+    let (head, tail) = token.split_at(40);
+    let mut headers = format!("authorization: Bearer {head}").into_bytes();
+    headers.extend_from_slice(b"\xff");
+    headers.extend_from_slice(tail.as_bytes());
+    headers.extend_from_slice(b"\r\n");
+    let before = upstream.count();
+    let response = raw(&headers);
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(
+        upstream.count(),
+        before,
+        "a broken token never reaches upstream"
+    );
+
+    // The filter still answers normally on every worker afterwards.
+    for i in 0..8 {
+        forwarded(
+            &format!("valid request {i} afterwards"),
+            &envoy.get_with_token("/api/me", &token),
+        );
+    }
+}
+
+#[test]
 fn keep_token_provider_forwards_the_token_upstream() {
     let (upstream, envoy) = start();
     let k = keys();

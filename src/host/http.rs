@@ -5,7 +5,7 @@ use super::keys::{HostKeyring, KeyStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
-use crate::extract::{HeaderEdit, Request};
+use crate::extract::{HeaderEdit, Reads, Request};
 use crate::flow::{decide, Decision, Outcome};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -40,16 +40,33 @@ impl Http {
         Http { state, context_id }
     }
 
-    fn read_request() -> Request {
+    /// Reads what the configuration looks at, one host call per item: copying the whole
+    /// header map into the VM (and a String per header) cost more than the rest of a
+    /// cached request. Values that are not UTF-8 (obs-text) are read lossily: such a
+    /// token fails verification, such an identity header is still stripped.
+    fn read_request(reads: &Reads) -> Request {
+        let read = |name: &str| {
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+                .map(|bytes| match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                })
+        };
         let mut request = Request::default();
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        for (name, value) in headers {
-            match name.as_str() {
-                ":method" => request.method = value,
-                ":path" => request.path = value,
-                ":authority" => request.host = value,
-                _ if name.starts_with(':') => {}
-                _ => request.headers.push((name, value)),
+        if reads.method {
+            request.method = read(":method").unwrap_or_default();
+        }
+        if reads.path {
+            request.path = read(":path").unwrap_or_default();
+        }
+        if reads.host {
+            request.host = read(":authority").unwrap_or_default();
+        }
+        for name in &reads.headers {
+            if let Some(value) = read(name) {
+                request.headers.push((name.clone(), value));
             }
         }
         request
@@ -143,7 +160,7 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let request = Self::read_request();
+        let request = Self::read_request(&self.state.config.reads);
         let decision = run(&self.state, &request, false);
         if let Outcome::Wait(providers) = &decision.outcome {
             for counter in &decision.counters {

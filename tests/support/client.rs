@@ -65,12 +65,6 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Response> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    stream.set_nodelay(true)?;
-
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         head.push_str(&format!("host: 127.0.0.1:{port}\r\n"));
@@ -84,7 +78,18 @@ pub fn request(
     head.push_str("connection: close\r\n\r\n");
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body);
-    stream.write_all(&bytes)?;
+    send(port, method, &bytes)
+}
+
+/// Sends the bytes of a whole request (head and body, `connection: close`) as they are,
+/// and reads the response.
+pub fn send(port: u16, method: &str, bytes: &[u8]) -> io::Result<Response> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(bytes)?;
     stream.flush()?;
 
     let mut reader = BufReader::new(stream);

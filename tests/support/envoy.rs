@@ -407,6 +407,17 @@ impl Envoy {
         })
     }
 
+    /// Sends the bytes of a whole request as they are (they must ask for
+    /// `connection: close`); panics (with the log tail) on I/O errors.
+    pub fn send_raw(&self, bytes: &[u8]) -> Response {
+        client::send(self.port, "GET", bytes).unwrap_or_else(|e| {
+            panic!(
+                "raw request via Envoy failed: {e}; Envoy log tail:\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         self.request("GET", path, headers, b"")
     }
