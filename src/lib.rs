@@ -16,6 +16,7 @@ pub mod flow;
 pub mod host;
 pub mod jwks;
 pub mod jwt;
+mod montgomery;
 pub mod remote;
 pub mod rsa_verify;
 pub mod rules;
