@@ -4,16 +4,18 @@
 //!
 //! The fast paths (measured in Envoy's V8 with bench/verify): RSA on crypto-bigint
 //! Montgomery arithmetic ([`crate::rsa_verify`]), Ed25519 on ed25519-dalek's strict
-//! verification, ECDSA on p256/p384.
+//! verification, ES256 on p256's arithmetic with per-key tables ([`crate::p256_verify`]),
+//! ES384 on p384.
 
 use crate::alg::{Alg, Hash};
+pub use crate::p256_verify::P256Key;
 pub use crate::rsa_verify::RsaKey;
 
 /// Verification key material, already validated (curve point checked, RSA size checked).
 #[derive(Clone)]
 pub enum PublicKey {
     Rsa(RsaKey),
-    P256(p256::ecdsa::VerifyingKey),
+    P256(P256Key),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(Ed25519Key),
     /// A shared HMAC secret (inline `oct` keys only).
@@ -101,13 +103,7 @@ impl PublicKey {
         }
         match self {
             PublicKey::Rsa(key) => verify_rsa(key, alg, message, signature),
-            PublicKey::P256(key) => {
-                use p256::ecdsa::signature::Verifier;
-                let Ok(sig) = p256::ecdsa::Signature::from_slice(signature) else {
-                    return false;
-                };
-                signature.len() == 64 && key.verify(message, &sig).is_ok()
-            }
+            PublicKey::P256(key) => key.verify(message, signature),
             PublicKey::P384(key) => {
                 use p384::ecdsa::signature::Verifier;
                 let Ok(sig) = p384::ecdsa::Signature::from_slice(signature) else {

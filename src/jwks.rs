@@ -3,7 +3,7 @@
 
 use crate::alg::Alg;
 use crate::b64;
-use crate::crypto::{Ed25519Key, PublicKey};
+use crate::crypto::{Ed25519Key, P256Key, PublicKey};
 use crate::rsa_verify::{KeyError, RsaKey};
 use serde_json::Value;
 
@@ -217,10 +217,7 @@ fn parse_key(entry: &Value) -> Result<Key, SkipReason> {
         Some("EC") => match text("crv") {
             Some("P-256") => {
                 let point = ec_point(obj, 32)?;
-                PublicKey::P256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                        .map_err(|_| SkipReason::InvalidPoint)?,
-                )
+                PublicKey::P256(P256Key::from_sec1_bytes(&point).ok_or(SkipReason::InvalidPoint)?)
             }
             Some("P-384") => {
                 let point = ec_point(obj, 48)?;

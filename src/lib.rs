@@ -17,6 +17,7 @@ pub mod host;
 pub mod jwks;
 pub mod jwt;
 mod montgomery;
+pub mod p256_verify;
 pub mod remote;
 pub mod rsa_verify;
 pub mod rules;
