@@ -5,7 +5,44 @@
 use crate::jwt::Lifetime;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+
+/// Hashes a token by its length and its last 32 bytes: the end of the signature, which
+/// the issuer's key makes unpredictable. SipHash over all of an ~800-byte token was a
+/// visible part of a cached request in V8. Only verified tokens are ever stored, so no
+/// client can fill a bucket with colliding keys, and a lookup still compares the whole
+/// token.
+#[derive(Default)]
+pub struct TokenHasher(u64);
+
+const TAIL_BYTES: usize = 32;
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes
+            .get(bytes.len().saturating_sub(TAIL_BYTES)..)
+            .unwrap_or_default();
+        let mut hash = (self.0 ^ bytes.len() as u64).wrapping_mul(MIX);
+        for chunk in tail.chunks(8) {
+            let mut word = [0u8; 8];
+            for (to, from) in word.iter_mut().zip(chunk) {
+                *to = *from;
+            }
+            hash = (hash.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(MIX);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        // The bucket comes from the low bits and the tag from the top 7: mix both ways.
+        let hash = self.0 ^ (self.0 >> 29);
+        hash.wrapping_mul(MIX) ^ (hash >> 32)
+    }
+}
+
+type TokenMap = HashMap<Rc<str>, Entry, BuildHasherDefault<TokenHasher>>;
 
 /// What a verified token means for the request, computed once and reused on hits.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +64,7 @@ pub struct Entry {
 /// keeps evicting the same buckets, so a fixed subset stays and the rest always misses.)
 #[derive(Debug)]
 pub struct TokenCache {
-    per_provider: Vec<HashMap<Rc<str>, Entry>>,
+    per_provider: Vec<TokenMap>,
     /// Insertion order. May hold keys already gone (removed, expired, cleared); those
     /// are skipped when evicting and dropped when the queue is compacted.
     order: VecDeque<(usize, Rc<str>)>,
@@ -44,7 +81,7 @@ pub const DEFAULT_MAX_BYTES: usize = 8 * 1024 * 1024;
 impl TokenCache {
     pub fn new(providers: usize, max_entries: usize, max_bytes: usize) -> TokenCache {
         TokenCache {
-            per_provider: (0..providers).map(|_| HashMap::new()).collect(),
+            per_provider: (0..providers).map(|_| TokenMap::default()).collect(),
             order: VecDeque::new(),
             entries: 0,
             bytes: 0,
@@ -165,6 +202,45 @@ mod tests {
             cache.get(1, "a.b.c").is_none(),
             "another provider's verification does not count"
         );
+    }
+
+    #[test]
+    fn tokens_that_differ_only_before_the_hashed_tail_are_told_apart() {
+        let tail = "s".repeat(64);
+        let (first, second) = (format!("head-one.{tail}"), format!("head-two.{tail}"));
+        let mut cache = TokenCache::new(1, 10, 10_000);
+        cache.insert(0, &first, entry(100));
+        assert!(cache.get(0, &first).is_some());
+        assert!(
+            cache.get(0, &second).is_none(),
+            "same hash, different token"
+        );
+        cache.insert(0, &second, entry(200));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(0, &first).unwrap().lifetime.exp, Some(100));
+        assert_eq!(cache.get(0, &second).unwrap().lifetime.exp, Some(200));
+    }
+
+    #[test]
+    fn token_hash_spreads_signature_tails_over_buckets_and_tags() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<TokenHasher>::default();
+        let hashes: Vec<u64> = (0..4096u32)
+            .map(|i| build.hash_one(format!("header.payload.sig{i:08}")))
+            .collect();
+        let distinct = |f: &dyn Fn(u64) -> u64| {
+            hashes
+                .iter()
+                .map(|h| f(*h))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        assert_eq!(distinct(&|h| h), 4096);
+        assert!(
+            distinct(&|h| h & 0xfff) > 2400,
+            "low bits choose the bucket"
+        );
+        assert_eq!(distinct(&|h| h >> 57), 128, "top 7 bits are the tag");
     }
 
     #[test]
