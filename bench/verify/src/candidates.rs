@@ -146,6 +146,22 @@ impl BoxedRsa {
 /// The name of the other ed25519-dalek major version measured.
 pub const DALEK_ALT: &str = "ed25519-dalek 2";
 
+/// ES256 with p256's own `VerifyingKey::verify` (wNAF `u1·G + u2·Q`, no per-key state),
+/// as src/crypto.rs did before src/p256_verify.rs.
+pub fn p256_crate_key(x: &[u8], y: &[u8]) -> Option<p256::ecdsa::VerifyingKey> {
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(&[&[4u8][..], x, y].concat()).ok()
+}
+
+pub fn p256_crate_verify(
+    key: &p256::ecdsa::VerifyingKey,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    p256::ecdsa::Signature::from_slice(signature)
+        .is_ok_and(|sig| signature.len() == 64 && key.verify(message, &sig).is_ok())
+}
+
 /// ES256 with libcrux-ecdsa (HACL* P-256): the public key as x || y.
 pub fn libcrux_es256_key(x: &[u8], y: &[u8]) -> Option<libcrux_ecdsa::p256::PublicKey> {
     libcrux_ecdsa::p256::PublicKey::try_from(&[x, y].concat()[..]).ok()

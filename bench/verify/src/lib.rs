@@ -14,10 +14,16 @@ pub mod b64;
 pub mod crypto;
 #[path = "../../../src/jwks.rs"]
 pub mod jwks;
+#[path = "../../../src/montgomery.rs"]
+pub mod montgomery;
+#[path = "../../../src/p256_verify.rs"]
+pub mod p256_verify;
 #[path = "../../../src/rsa_verify.rs"]
 pub mod rsa_verify;
 
 pub mod candidates;
+pub mod mont_variants;
+pub mod old_rsa_verify;
 pub mod suite;
 
 #[cfg(target_arch = "wasm32")]

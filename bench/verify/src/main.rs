@@ -122,7 +122,7 @@ mod native {
                 "÷ tokengate"
             );
             for vector in &order {
-                for case in ["verify", "bad sig", "parse key"] {
+                for case in ["verify", "bad sig", "parse key", "pow"] {
                     let rows: Vec<_> = runs
                         .iter()
                         .filter(|(k, _)| k.0 == engine && &k.1 == vector && k.2 == case)

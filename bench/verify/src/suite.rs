@@ -4,6 +4,10 @@
 use crate::alg::Alg;
 use crate::candidates;
 use crate::jwks::KeySet;
+use crate::{mont_variants, montgomery, old_rsa_verify};
+
+/// The filter's RSA path before src/montgomery.rs: crypto-bigint's fixed widths.
+const CRYPTO_BIGINT_OLD: &str = "crypto-bigint (old)";
 use serde_json::{json, Value};
 
 /// The vectors run by default (run.sh regenerates them with `verify-bench gen`).
@@ -202,6 +206,34 @@ pub fn run(
                 row("rsa 0.9 (old)", "parse key", true, &|| {
                     candidates::rsa_crate_key(&n, &e).is_some()
                 });
+                let fixed = old_rsa_verify::RsaKey::new(&n, &e).map_err(|e| format!("{e:?}"))?;
+                let fixed_verify = |signature: &[u8]| match alg {
+                    Alg::RS256 | Alg::RS384 | Alg::RS512 => {
+                        fixed.verify_pkcs1v15(alg.hash(), message, signature)
+                    }
+                    _ => fixed.verify_pss(alg.hash(), message, signature),
+                };
+                row(CRYPTO_BIGINT_OLD, "verify", true, &|| fixed_verify(good));
+                row(CRYPTO_BIGINT_OLD, "bad sig", false, &|| fixed_verify(&bad));
+                row(CRYPTO_BIGINT_OLD, "parse key", true, &|| {
+                    old_rsa_verify::RsaKey::new(&n, &e).is_ok()
+                });
+                // `s^e mod n` alone, by each arithmetic; all must give the same bytes.
+                let e64 = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+                let modulus = montgomery::Modulus::new(&n).ok_or("montgomery refused n")?;
+                let expected = modulus.pow(good, e64).ok_or("signature not below n")?;
+                row("tokengate", "pow", true, &|| {
+                    modulus.pow(good, e64).as_ref() == Some(&expected)
+                });
+                row(CRYPTO_BIGINT_OLD, "pow", true, &|| {
+                    fixed.public_op(good).as_ref() == Some(&expected)
+                });
+                let params = mont_variants::Params::new(&n).ok_or("variants refused n")?;
+                for variant in mont_variants::Variant::ALL {
+                    row(variant.name(), "pow", true, &|| {
+                        params.pow(variant, good, e64).as_ref() == Some(&expected)
+                    });
+                }
                 if alg == Alg::RS256 {
                     let e64 = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
                     let boxed =
@@ -233,6 +265,42 @@ pub fn run(
             }
             Alg::ES256 => {
                 let (x, y) = (member(&v.jwk, "x"), member(&v.jwk, "y"));
+                let old = candidates::p256_crate_key(&x, &y).ok_or("p256 refused the key")?;
+                row("p256 0.14 (old)", "verify", true, &|| {
+                    candidates::p256_crate_verify(&old, message, good)
+                });
+                row("p256 0.14 (old)", "bad sig", false, &|| {
+                    candidates::p256_crate_verify(&old, message, &bad)
+                });
+                row("p256 0.14 (old)", "parse key", true, &|| {
+                    candidates::p256_crate_key(&x, &y).is_some()
+                });
+                // Table widths (key, generator) side by side; the filter's are
+                // p256_verify::{KEY,GENERATOR}_WINDOW_BITS.
+                let digest = hmac_sha256::Hash::hash(message);
+                for (name, key_bits, generator_bits) in [
+                    ("tables w4/w4", 4, 4),
+                    ("tables w4/w6", 4, 6),
+                    ("tables w5/w5", 5, 5),
+                    ("tables w6/w6", 6, 6),
+                ] {
+                    use crate::p256_verify::{verify_with_tables, FixedBaseTable};
+                    let point = p256::ProjectivePoint::from(*old.as_affine());
+                    let key = FixedBaseTable::new(point, key_bits);
+                    let generator =
+                        FixedBaseTable::new(p256::ProjectivePoint::GENERATOR, generator_bits);
+                    row(name, "verify", true, &|| {
+                        verify_with_tables(&generator, &key, &digest, good)
+                    });
+                }
+                // What a key's table costs at its first check, and the generator's at the
+                // first ES256 check of a VM (the filter keeps both).
+                for (name, bits) in [("table w4", 4), ("table w5", 5), ("table w6", 6)] {
+                    let point = p256::ProjectivePoint::from(*old.as_affine());
+                    row(name, "parse key", true, &|| {
+                        crate::p256_verify::FixedBaseTable::new(point, bits).size_bytes() > 0
+                    });
+                }
                 let lib = candidates::libcrux_es256_key(&x, &y).ok_or("libcrux refused the key")?;
                 row("libcrux-ecdsa", "verify", true, &|| {
                     candidates::libcrux_es256_verify(&lib, message, good)
