@@ -521,6 +521,8 @@ def envoy_pid(proc: subprocess.Popen) -> int:
 
 
 def stats(admin_port: int) -> dict:
+    # tokengate tallies its request counters in the VM and flushes them on a 50 ms tick.
+    time.sleep(0.3)
     _, body = http_get(admin_port, "/stats", timeout=10)
     out = {}
     for line in body.decode(errors="replace").splitlines():

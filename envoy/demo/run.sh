@@ -331,7 +331,9 @@ PY
             failed=1
         fi
     done
-    # The admin interface answers and lists the filter's counters.
+    # The admin interface answers and lists the filter's counters (request counters
+    # reach Envoy on the filter's 50 ms tick).
+    sleep 0.3
     status="$(curl -s --max-time 5 -o "$tmp/body" -w '%{http_code}' "$ADMIN/stats?filter=tokengate")" || true
     if [[ $status == 200 ]] && grep -qE 'tokengate\.(allowed|denied)' "$tmp/body"; then
         echo "PASS  stats at $ADMIN/stats?filter=tokengate list tokengate counters"

@@ -73,7 +73,8 @@ impl Http {
     }
 }
 
-/// Runs the core on a request, with the clock read once.
+/// Runs the core on a request, with the clock read once (and kept in the key store for
+/// the rest of this request's work).
 fn run(state: &VmState, request: &Request, waited: bool) -> Decision {
     let now_ms = now_ms();
     state.keys.borrow().now_ms.set(now_ms);
@@ -95,9 +96,7 @@ fn run(state: &VmState, request: &Request, waited: bool) -> Decision {
 /// Applies a decision to the current (effective) HTTP context. Returns whether the
 /// request should continue upstream.
 fn apply(state: &VmState, decision: Decision) -> bool {
-    for counter in &decision.counters {
-        state.metrics.increment(*counter);
-    }
+    tally(state, &decision);
     match decision.outcome {
         Outcome::Forward(edits) => {
             for edit in edits {
@@ -136,6 +135,18 @@ fn apply(state: &VmState, decision: Decision) -> bool {
     }
 }
 
+/// Counts a decision's counters, flushing them to Envoy when due; while counts wait,
+/// the tick runs fast so they reach Envoy soon after traffic stops.
+fn tally(state: &VmState, decision: &Decision) {
+    for counter in &decision.counters {
+        state.metrics.tally(*counter);
+    }
+    state.metrics.flush_if_due(state.keys.borrow().now_ms.get());
+    if state.metrics.has_pending() {
+        state.set_tick(BUSY_TICK_MS);
+    }
+}
+
 /// Answers the request with a refusal.
 fn send(deny: &Deny) {
     let mut headers = vec![("content-type", "application/json")];
@@ -163,9 +174,7 @@ impl HttpContext for Http {
         let request = Self::read_request(&self.state.config.reads);
         let decision = run(&self.state, &request, false);
         if let Outcome::Wait(providers) = &decision.outcome {
-            for counter in &decision.counters {
-                self.state.metrics.increment(*counter);
-            }
+            tally(&self.state, &decision);
             let keys = self.state.keys.borrow();
             let seen: Vec<(usize, u64, u64)> = providers
                 .iter()

@@ -74,6 +74,7 @@ impl Root {
         };
         self.keys_changed(state, &changed);
         self.wake(state);
+        state.metrics.flush(now_ms());
         let busy = state.keys.borrow().busy() || !state.waiters.borrow().is_empty();
         state.set_tick(if busy { BUSY_TICK_MS } else { IDLE_TICK_MS });
     }

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const START_TIMEOUT: Duration = Duration::from_secs(45);
 const POLL: Duration = Duration::from_millis(50);
 const LOG_TAIL_LINES: usize = 80;
+/// How long request counters may take to reach Envoy: the filter tallies them in the VM
+/// and flushes them on its 50 ms tick.
+const STATS_FLUSH_WAIT: Duration = Duration::from_millis(400);
 const START_ATTEMPTS: usize = 3;
 
 /// The Envoy command: program and leading arguments.
@@ -427,8 +430,11 @@ impl Envoy {
         self.get(path, &[("authorization", &format!("Bearer {token}"))])
     }
 
-    /// The tokengate stats, by full name (e.g. `wasmcustom.tokengate.allowed`).
+    /// The tokengate stats, by full name (e.g. `wasmcustom.tokengate.allowed`). Waits
+    /// first for the filter to flush its request counters (within its 50 ms busy tick;
+    /// the margin is for a busy machine).
     pub fn stats(&self) -> BTreeMap<String, u64> {
+        std::thread::sleep(STATS_FLUSH_WAIT);
         let response = client::request(self.admin_port, "GET", "/stats?filter=tokengate", &[], b"")
             .unwrap_or_else(|e| panic!("GET admin /stats failed: {e}"));
         assert_eq!(response.status, 200, "admin /stats: {}", response.text());
