@@ -615,6 +615,19 @@ fn keep_token_provider_forwards_the_token_upstream() {
     );
     assert_eq!(seen_header(&seen, "x-keep-user"), Some("user-keep"));
 
+    // The header twice, the same valid token in each copy: Envoy hands the filter the
+    // values joined by a comma, which is no token. Refused, never guessed or forwarded.
+    let corp_token = sign(&k.rs256, &corp_claims("user-twice"));
+    for (case, path, token) in [
+        ("keep_token route, header twice", "/keep/it", &token),
+        ("token-removing route, header twice", "/api/me", &corp_token),
+    ] {
+        let auth = bearer(token);
+        let before = upstream.count();
+        let response = envoy.get(path, &[("authorization", &auth), ("authorization", &auth)]);
+        assert_invalid_token(case, &upstream, before, &response, token, "malformed token");
+    }
+
     // The same route refuses a token of another issuer.
     let corp = sign(&k.rs256, &corp_claims("user-corp"));
     let before = upstream.count();
