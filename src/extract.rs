@@ -1,6 +1,8 @@
 //! Where a token is found, and how to take it out of the request before it goes
 //! upstream. Reads a [`Request`]; never mutates it: removals come back as [`HeaderEdit`]s.
 
+use std::borrow::Cow;
+
 /// The parts of a request the core looks at. Header names are lowercase.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
@@ -99,8 +101,10 @@ pub enum Location {
 /// yields an empty token, which verification refuses as malformed: we never guess
 /// which copy the upstream would read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub token: String,
+pub struct Found<'r> {
+    /// Borrowed from the request unless it had to be decoded (a query parameter): a
+    /// cached request copies nothing.
+    pub token: Cow<'r, str>,
     pub location: Location,
 }
 
@@ -113,15 +117,15 @@ impl Source {
     }
 
     /// The token from this source, if the source is present in the request.
-    pub fn find(&self, request: &Request) -> Option<Found> {
+    pub fn find<'r>(&self, request: &'r Request) -> Option<Found<'r>> {
         let (token, location) = match self {
             Source::Header { name, prefix } => {
                 let values = request
                     .header_values(name)
                     .filter_map(|value| match prefix {
-                        None => Some(value.trim().to_owned()),
+                        None => Some(Cow::Borrowed(value.trim())),
                         Some(prefix) => {
-                            strip_prefix_ignore_case(value, prefix).map(|t| t.trim().to_owned())
+                            strip_prefix_ignore_case(value, prefix).map(|t| Cow::Borrowed(t.trim()))
                         }
                     });
                 (only_one(values)?, Location::Header(name.clone()))
@@ -132,7 +136,7 @@ impl Source {
                     .flat_map(|h| h.split(';'))
                     .filter_map(|pair| pair.trim().split_once('='))
                     .filter(|(n, _)| n.trim() == name)
-                    .map(|(_, v)| unquote(v.trim()).to_owned());
+                    .map(|(_, v)| Cow::Borrowed(unquote(v.trim())));
                 (only_one(values)?, Location::Cookie(name.clone()))
             }
             Source::Query(name) => {
@@ -142,7 +146,7 @@ impl Source {
                     .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
                     .filter(|(n, _)| percent_decode(n).as_deref() == Some(name.as_str()))
                     // Undecodable values stay as they are and fail verification as malformed.
-                    .map(|(_, v)| percent_decode(v).unwrap_or_else(|| v.to_owned()));
+                    .map(|(_, v)| Cow::Owned(percent_decode(v).unwrap_or_else(|| v.to_owned())));
                 (only_one(values)?, Location::Query(name.clone()))
             }
         };
@@ -152,10 +156,10 @@ impl Source {
 
 /// The single value, `None` if there is none, and an empty (so malformed) token if there
 /// are several: which copy would the upstream read?
-fn only_one(mut values: impl Iterator<Item = String>) -> Option<String> {
+fn only_one<'r>(mut values: impl Iterator<Item = Cow<'r, str>>) -> Option<Cow<'r, str>> {
     let first = values.next()?;
     Some(if values.next().is_some() {
-        String::new()
+        Cow::Borrowed("")
     } else {
         first
     })
@@ -256,7 +260,7 @@ mod tests {
     }
 
     fn found(source: &Source, req: &Request) -> Option<String> {
-        source.find(req).map(|f| f.token)
+        source.find(req).map(|f| f.token.into_owned())
     }
 
     #[test]

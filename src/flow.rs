@@ -66,8 +66,8 @@ enum NotVerified {
 pub struct Decision {
     pub outcome: Outcome,
     pub counters: Vec<Counter>,
-    /// The matched rule's name, for logs.
-    pub rule: Option<String>,
+    /// The matched rule's index in `Config::rules`, for logs.
+    pub rule: Option<usize>,
     pub refusal: Option<Refusal>,
 }
 
@@ -90,17 +90,17 @@ pub fn decide(
         .map(|name| HeaderEdit::Remove(name.clone()))
         .collect();
 
-    let Some(rule) = first_match(&config.rules, request) else {
+    let Some((rule_index, rule)) = first_match(&config.rules, request) else {
         return refuse(config, Refusal::NoRuleMatched, None, counters);
     };
-    let rule_name = Some(rule.name.clone());
+    let rule_index = Some(rule_index);
     let (requirement, optional) = match &rule.action {
         RuleAction::Anonymous => {
             counters.push(Counter::Allowed);
             return Decision {
                 outcome: Outcome::Forward(edits),
                 counters,
-                rule: rule_name,
+                rule: rule_index,
                 refusal: None,
             };
         }
@@ -110,7 +110,7 @@ pub fn decide(
         } => (requirement, *optional),
     };
 
-    let attempts: Vec<(usize, Found)> = requirement
+    let attempts: Vec<(usize, Found<'_>)> = requirement
         .providers()
         .iter()
         .filter_map(|&id| Some((id, find_token(config.providers.get(id)?, request)?)))
@@ -121,19 +121,19 @@ pub fn decide(
             return Decision {
                 outcome: Outcome::Forward(edits),
                 counters,
-                rule: rule_name,
+                rule: rule_index,
                 refusal: None,
             };
         }
         return refuse(
             config,
             Refusal::Authn(AuthnError::Missing),
-            rule_name,
+            rule_index,
             counters,
         );
     }
 
-    let mut verified: Vec<(Rc<Identity>, &Found)> = Vec::new();
+    let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
     let mut worst: Option<AuthnError> = None;
     let mut waits: Vec<usize> = Vec::new();
     let context = Context {
@@ -155,7 +155,7 @@ pub fn decide(
             Err(NotVerified::Wait) => waits.push(*id),
             Err(NotVerified::Refused(e)) => {
                 if matches!(requirement, AuthnRequirement::All(_)) {
-                    return refuse(config, Refusal::Authn(e), rule_name, counters);
+                    return refuse(config, Refusal::Authn(e), rule_index, counters);
                 }
                 if worst.is_none_or(|w| e.specificity() > w.specificity()) {
                     worst = Some(e);
@@ -172,12 +172,12 @@ pub fn decide(
             return Decision {
                 outcome: Outcome::Wait(waits),
                 counters,
-                rule: rule_name,
+                rule: rule_index,
                 refusal: None,
             };
         }
         let error = worst.unwrap_or(AuthnError::Missing);
-        return refuse(config, Refusal::Authn(error), rule_name, counters);
+        return refuse(config, Refusal::Authn(error), rule_index, counters);
     }
 
     for (identity, found) in &verified {
@@ -201,13 +201,13 @@ pub fn decide(
     Decision {
         outcome: Outcome::Forward(edits),
         counters,
-        rule: rule_name,
+        rule: rule_index,
         refusal: None,
     }
 }
 
 /// The first present source of a provider (a present but invalid token is not skipped).
-fn find_token(provider: &Provider, request: &Request) -> Option<Found> {
+fn find_token<'r>(provider: &Provider, request: &'r Request) -> Option<Found<'r>> {
     provider
         .sources
         .iter()
@@ -289,7 +289,7 @@ fn authenticate(
 fn refuse(
     config: &Config,
     refusal: Refusal,
-    rule: Option<String>,
+    rule: Option<usize>,
     mut counters: Vec<Counter>,
 ) -> Decision {
     counters.push(Counter::Denied(refusal.reason()));

@@ -167,8 +167,12 @@ fn host_matches(rule: &str, authority: &str) -> bool {
 }
 
 /// The first rule whose matcher matches.
-pub fn first_match<'a>(rules: &'a [Rule], request: &Request) -> Option<&'a Rule> {
-    rules.iter().find(|rule| rule.matcher.matches(request))
+/// The first rule that matches, with its index.
+pub fn first_match<'a>(rules: &'a [Rule], request: &Request) -> Option<(usize, &'a Rule)> {
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, rule)| rule.matcher.matches(request))
 }
 
 #[cfg(test)]

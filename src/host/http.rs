@@ -115,7 +115,10 @@ fn apply(state: &VmState, decision: Decision) -> bool {
             if let Some(refusal) = decision.refusal {
                 log::debug!(
                     "tokengate: refused rule={} reason={}",
-                    decision.rule.as_deref().unwrap_or("-"),
+                    decision
+                        .rule
+                        .and_then(|i| state.config.rules.get(i))
+                        .map_or("-", |rule| rule.name.as_str()),
                     refusal.reason()
                 );
             }
