@@ -3,11 +3,12 @@
 //! here too, so the pinning can't be bypassed by a caller.
 //!
 //! The fast paths (measured in Envoy's V8 with bench/verify): RSA on crypto-bigint
-//! Montgomery arithmetic ([`crate::rsa_verify`]), Ed25519 on ed25519-dalek's strict
-//! verification, ES256 on p256's arithmetic with per-key tables ([`crate::p256_verify`]),
-//! ES384 on p384.
+//! Montgomery arithmetic ([`crate::rsa_verify`]), Ed25519 on curve25519-dalek's arithmetic
+//! with per-key tables and ed25519-dalek's strict rules ([`crate::ed25519_verify`]), ES256
+//! on p256's arithmetic with per-key tables ([`crate::p256_verify`]), ES384 on p384.
 
 use crate::alg::{Alg, Hash};
+pub use crate::ed25519_verify::Ed25519Key;
 pub use crate::p256_verify::P256Key;
 pub use crate::rsa_verify::RsaKey;
 
@@ -20,45 +21,6 @@ pub enum PublicKey {
     Ed25519(Ed25519Key),
     /// A shared HMAC secret (inline `oct` keys only).
     Oct(Vec<u8>),
-}
-
-/// An Ed25519 public key that is a canonical encoding of a point on the curve that is not
-/// of small order: the only way to build one is [`Ed25519Key::from_bytes`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ed25519Key(ed25519_dalek::VerifyingKey);
-
-impl Ed25519Key {
-    /// Parses the 32-byte encoding (RFC 8032 §5.1.3), refusing what ed25519-compact
-    /// (jwt-simple's Ed25519) refuses: a non-canonical `y` (≥ p), a point not on the curve,
-    /// a point of small order.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Ed25519Key> {
-        let bytes: &[u8; 32] = bytes.try_into().ok()?;
-        if !is_canonical_field_element(bytes) {
-            return None;
-        }
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).ok()?;
-        (!key.is_weak()).then_some(Ed25519Key(key))
-    }
-
-    /// RFC 8032 verification with the strict rules: `S < L`, `R` canonical and not of small
-    /// order, and the cofactorless equation `[S]B = R + [k]A` (stricter than the cofactored
-    /// one ed25519-compact checks; every signature this accepts, it accepts too).
-    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
-            return false;
-        };
-        self.0.verify_strict(message, &signature).is_ok()
-    }
-}
-
-/// Whether the low 255 bits of `bytes`, little-endian, are below p = 2^255 - 19.
-fn is_canonical_field_element(bytes: &[u8; 32]) -> bool {
-    let (low, rest) = bytes.split_at(1);
-    let (middle, high) = rest.split_at(30);
-    // ≥ p only for ed..ff ff..ff 7f/ff: the top 254 bits all ones and the low byte ≥ 0xed.
-    !(low.iter().all(|b| *b >= 0xed)
-        && middle.iter().all(|b| *b == 0xff)
-        && high.iter().all(|b| b & 0x7f == 0x7f))
 }
 
 impl std::fmt::Debug for PublicKey {

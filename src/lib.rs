@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod crypto;
 pub mod deny;
+pub mod ed25519_verify;
 pub mod error;
 pub mod extract;
 pub mod flow;

@@ -184,3 +184,75 @@ pub fn libcrux_es256_verify(
     )
     .is_ok()
 }
+
+/// Ed25519 with ed25519-dalek 3's `verify_strict`, as src/crypto.rs did before
+/// src/ed25519_verify.rs (the key checks of `Ed25519Key::from_bytes` aside).
+pub fn ed25519_dalek_key(x: &[u8]) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes: &[u8; 32] = x.try_into().ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(bytes)
+        .ok()
+        .filter(|key| !key.is_weak())
+}
+
+pub fn ed25519_dalek_verify(
+    key: &ed25519_dalek::VerifyingKey,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    ed25519_dalek::Signature::from_slice(signature)
+        .is_ok_and(|sig| key.verify_strict(message, &sig).is_ok())
+}
+
+/// Ed25519 with the strict rules, `[S]B - [k]A` computed by `combine(s, k)`: to compare
+/// ways of multiplying on the same checks and hash.
+pub fn ed25519_verify_with(
+    key_bytes: &[u8; 32],
+    message: &[u8],
+    signature: &[u8],
+    combine: &dyn Fn(
+        &curve25519_dalek::Scalar,
+        &curve25519_dalek::Scalar,
+    ) -> curve25519_dalek::EdwardsPoint,
+) -> bool {
+    use sha2_11::{Digest, Sha512};
+    let Ok(signature) = <&[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    let (Some(r_bytes), Some(s_bytes)) =
+        (signature.first_chunk::<32>(), signature.last_chunk::<32>())
+    else {
+        return false;
+    };
+    let Some(s) = Option::<curve25519_dalek::Scalar>::from(
+        curve25519_dalek::Scalar::from_canonical_bytes(*s_bytes),
+    ) else {
+        return false;
+    };
+    let mut hash = Sha512::new();
+    hash.update(r_bytes);
+    hash.update(key_bytes);
+    hash.update(message);
+    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&hash.finalize().into());
+    let r = combine(&s, &k);
+    r.compress().as_bytes() == r_bytes && !r.is_small_order()
+}
+
+/// curve25519-dalek's own fixed-base tables (radix 16, constant-time lookups): the
+/// static one of the basepoint and one built per key for -A.
+pub fn dalek_basepoint_table(
+    minus_key: &curve25519_dalek::EdwardsPoint,
+) -> curve25519_dalek::edwards::EdwardsBasepointTable {
+    use curve25519_dalek::traits::BasepointTable;
+    curve25519_dalek::edwards::EdwardsBasepointTable::create(minus_key)
+}
+
+/// curve25519-dalek's precomputed Straus (wNAF tables of B and -A, shared doublings).
+pub fn dalek_precomputation(
+    minus_key: &curve25519_dalek::EdwardsPoint,
+) -> curve25519_dalek::edwards::VartimeEdwardsPrecomputation {
+    use curve25519_dalek::traits::VartimePrecomputedMultiscalarMul;
+    curve25519_dalek::edwards::VartimeEdwardsPrecomputation::new([
+        curve25519_dalek::constants::ED25519_BASEPOINT_POINT,
+        *minus_key,
+    ])
+}

@@ -12,6 +12,8 @@ pub mod alg;
 pub mod b64;
 #[path = "../../../src/crypto.rs"]
 pub mod crypto;
+#[path = "../../../src/ed25519_verify.rs"]
+pub mod ed25519_verify;
 #[path = "../../../src/jwks.rs"]
 pub mod jwks;
 #[path = "../../../src/montgomery.rs"]

@@ -255,6 +255,17 @@ pub fn run(
                 row("ed25519-compact (old)", "bad sig", false, &|| {
                     candidates::ed25519_compact_verify(&old, message, &bad)
                 });
+                let dalek = candidates::ed25519_dalek_key(&x).ok_or("dalek refused the key")?;
+                row("ed25519-dalek 3 (old)", "verify", true, &|| {
+                    candidates::ed25519_dalek_verify(&dalek, message, good)
+                });
+                row("ed25519-dalek 3 (old)", "bad sig", false, &|| {
+                    candidates::ed25519_dalek_verify(&dalek, message, &bad)
+                });
+                row("ed25519-dalek 3 (old)", "parse key", true, &|| {
+                    candidates::ed25519_dalek_key(&x).is_some()
+                });
+                ed25519_candidates(&x, message, good, &mut row)?;
                 let alt = candidates::ed25519_dalek_alt_key(&x).ok_or("dalek refused the key")?;
                 row(candidates::DALEK_ALT, "verify", true, &|| {
                     candidates::ed25519_dalek_alt_verify(&alt, message, good)
@@ -312,5 +323,88 @@ pub fn run(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// Ways of computing `[S]B - [k]A` side by side: the filter's tables at other widths
+/// (key: w bits × passes; basepoint), curve25519-dalek's constant-time fixed-base tables
+/// and its precomputed Straus. "parse key" rows: what a table costs to build.
+fn ed25519_candidates(
+    x: &[u8],
+    message: &[u8],
+    good: &[u8],
+    row: &mut dyn FnMut(&'static str, &'static str, bool, &dyn Fn() -> bool),
+) -> Result<(), String> {
+    use crate::ed25519_verify::{verify_with_tables, FixedBaseTable};
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, ED25519_BASEPOINT_TABLE};
+    let key_bytes: [u8; 32] = x.try_into().map_err(|_| "x is not 32 bytes")?;
+    let minus_key = -curve25519_dalek::edwards::CompressedEdwardsY(key_bytes)
+        .decompress()
+        .ok_or("x does not decompress")?;
+    row("Ed25519Key::from_bytes", "parse key", true, &|| {
+        crate::crypto::Ed25519Key::from_bytes(x).is_some()
+    });
+    // The parts of a verification that no table changes.
+    row("part: SHA-512, mod L", "verify", true, &|| {
+        use sha2_11::{Digest, Sha512};
+        let mut hash = Sha512::new();
+        hash.update(good.get(..32).unwrap_or_default());
+        hash.update(key_bytes);
+        hash.update(message);
+        curve25519_dalek::Scalar::from_bytes_mod_order_wide(&hash.finalize().into())
+            != curve25519_dalek::Scalar::ZERO
+    });
+    row("part: compress R'", "verify", true, &|| {
+        minus_key.compress().as_bytes() != &key_bytes
+    });
+    for (name, key_bits, key_passes, base_bits) in [
+        ("tables w4x2/w7", 4, 2, 7),
+        ("tables w4x2/w6", 4, 2, 6),
+        ("tables w5x2/w6", 5, 2, 6),
+        ("tables w5x1/w6", 5, 1, 6),
+        ("tables w6x2/w7", 6, 2, 7),
+        ("tables w5x2/w8", 5, 2, 8),
+        ("tables w5x2/w7", 5, 2, 7),
+    ] {
+        let key = FixedBaseTable::new(&minus_key, key_bits, key_passes);
+        let base = FixedBaseTable::new(&ED25519_BASEPOINT_POINT, base_bits, 1);
+        row(name, "verify", true, &|| {
+            verify_with_tables(&base, &key, &key_bytes, message, good)
+        });
+    }
+    for (name, bits, passes) in [
+        ("table w4x2", 4, 2),
+        ("table w5x2", 5, 2),
+        ("table w5x1", 5, 1),
+        ("table w6x2", 6, 2),
+        ("table w6x1", 6, 1),
+        ("table w7x1", 7, 1),
+        ("table w8x1", 8, 1),
+    ] {
+        row(name, "parse key", true, &|| {
+            FixedBaseTable::new(&minus_key, bits, passes).size_bytes() > 0
+        });
+    }
+    let dalek_table = candidates::dalek_basepoint_table(&minus_key);
+    row("dalek radix-16 tables", "verify", true, &|| {
+        candidates::ed25519_verify_with(&key_bytes, message, good, &|s, k| {
+            &(s * ED25519_BASEPOINT_TABLE) + &(k * &dalek_table)
+        })
+    });
+    row("dalek radix-16 tables", "parse key", true, &|| {
+        use curve25519_dalek::traits::BasepointTable;
+        candidates::dalek_basepoint_table(&minus_key).basepoint() == minus_key
+    });
+    let straus = candidates::dalek_precomputation(&minus_key);
+    row("dalek precomputed Straus", "verify", true, &|| {
+        use curve25519_dalek::traits::VartimePrecomputedMultiscalarMul;
+        candidates::ed25519_verify_with(&key_bytes, message, good, &|s, k| {
+            straus.vartime_multiscalar_mul([s, k])
+        })
+    });
+    row("dalek precomputed Straus", "parse key", true, &|| {
+        use curve25519_dalek::traits::VartimePrecomputedMultiscalarMul;
+        candidates::dalek_precomputation(&minus_key).len() == 2
+    });
     Ok(())
 }
