@@ -1,6 +1,7 @@
-//! The configuration document (shared/CONTRACT.md): `Raw*` serde types that mirror the
-//! JSON exactly (unknown fields are errors), then `compile` into the validated [`Config`]
-//! the filter runs on. Every error names the field path it is about.
+//! The configuration document (shared/CONTRACT.md): `Raw*` types that mirror the JSON
+//! exactly (unknown fields are errors), read by hand out of a parsed [`Value`], then
+//! `compile` into the validated [`Config`] the filter runs on. Every error names the
+//! field path it is about.
 
 use crate::alg::Alg;
 use crate::claims::{ClaimPath, Forward};
@@ -9,7 +10,6 @@ use crate::jwks::KeySet;
 use crate::jwt::{normalize_token_type, Policy};
 use crate::remote::{self, Location, RemoteSpec, Uri};
 use crate::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -42,149 +42,93 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawConfig {
-    #[serde(default)]
     pub realm: Option<String>,
-    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
-    #[serde(default)]
     pub exchanges: BTreeMap<String, Value>,
-    #[serde(default)]
     pub rules: Vec<RawRule>,
-    #[serde(default)]
     pub authz_service: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawProvider {
     pub issuer: String,
-    #[serde(default)]
     pub audiences: Option<Vec<String>>,
     pub jwks: RawJwks,
-    #[serde(default)]
     pub algorithms: Option<Vec<String>>,
-    #[serde(default)]
     pub sources: Option<Vec<RawSource>>,
-    #[serde(default)]
     pub token_types: Option<Vec<String>>,
-    #[serde(default)]
     pub clock_skew_secs: Option<u64>,
-    #[serde(default)]
     pub require_exp: Option<bool>,
-    #[serde(default)]
     pub max_token_bytes: Option<usize>,
-    #[serde(default)]
     pub forward: RawForward,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawJwks {
-    #[serde(default)]
     pub inline: Option<Value>,
-    #[serde(default)]
     pub uri: Option<String>,
-    #[serde(default)]
     pub discovery: Option<String>,
-    #[serde(default)]
     pub cluster: Option<String>,
-    #[serde(default)]
     pub cache_secs: Option<u64>,
-    #[serde(default)]
     pub timeout_ms: Option<u64>,
-    #[serde(default)]
     pub unknown_kid_refetch_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawSource {
-    #[serde(default)]
     pub header: Option<String>,
-    #[serde(default)]
     pub prefix: Option<String>,
-    #[serde(default)]
     pub cookie: Option<String>,
-    #[serde(default)]
     pub query: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawForward {
-    #[serde(default)]
     pub keep_token: bool,
-    #[serde(default)]
     pub payload_header: Option<String>,
-    #[serde(default)]
     pub claims: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawRule {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(rename = "match", default)]
+    /// `match` in the document.
     pub matcher: RawMatch,
-    #[serde(default)]
     pub allow: Option<String>,
-    #[serde(default)]
     pub authn: Option<RawAuthn>,
-    #[serde(default)]
     pub authz: Option<Value>,
-    #[serde(default)]
     pub central: Option<bool>,
-    #[serde(default)]
     pub dry_run: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawMatch {
-    #[serde(default)]
     pub path: Option<RawPathMatch>,
-    #[serde(default)]
     pub methods: Option<Vec<String>>,
-    #[serde(default)]
     pub host: Option<String>,
-    #[serde(default)]
     pub headers: BTreeMap<String, RawHeaderMatch>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawPathMatch {
-    #[serde(default)]
     pub exact: Option<String>,
-    #[serde(default)]
     pub prefix: Option<String>,
-    #[serde(default)]
     pub template: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawHeaderMatch {
-    #[serde(default)]
     pub present: Option<bool>,
-    #[serde(default)]
     pub equals: Option<String>,
-    #[serde(default)]
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct RawAuthn {
-    #[serde(default)]
     pub any: Option<Vec<String>>,
-    #[serde(default)]
     pub all: Option<Vec<String>>,
-    #[serde(default)]
     pub optional: bool,
 }
 
@@ -233,11 +177,542 @@ impl Config {
 }
 
 /// First phase: JSON into the raw document, with the path of any error.
+///
+/// The document is parsed into a [`Value`] and the `Raw*` types are read out of it by
+/// one table-driven reader: serde-derived deserializers are monomorphized per type
+/// inside serde_json (tens of KB for these types), and V8 compiles all of a module's
+/// code before Envoy opens a listener. The `Value` parser is in the module anyway, for
+/// key sets.
 pub fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let document: Value = serde_json::from_slice(bytes).map_err(|e| {
         let offset = offset_of(bytes, e.line(), e.column());
-        ConfigError::new(path_at(bytes, offset), e.to_string())
-    })
+        ConfigError::new(scan(bytes, offset).path, e.to_string())
+    })?;
+    // A `Value` keeps only the last of a repeated key: the scan finds the repeats, so
+    // that a field written twice stays an error.
+    let reader = Reader {
+        repeated: scan(bytes, bytes.len()).repeated,
+    };
+    reader.config(document)
+}
+
+/// What a field must hold; checked for every field by [`Reader::read`], so that the
+/// per-type code below only moves checked values into place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    String,
+    U64,
+    /// A u64 that also fits a usize.
+    Usize,
+    Bool,
+    /// An array of strings.
+    Strings,
+    /// Anything, kept as it is.
+    Any,
+    /// An object: a nested type or a map, read by the caller.
+    Object,
+    /// An object whose values are all strings.
+    StringMap,
+    /// An array, read by the caller.
+    Array,
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::String => "a string",
+            Kind::U64 => "u64",
+            Kind::Usize => "usize",
+            Kind::Bool => "a boolean",
+            Kind::Strings | Kind::Array => "an array",
+            Kind::Object | Kind::StringMap => "an object",
+            // Never reported: every value is one.
+            Kind::Any => "any value",
+        }
+    }
+}
+
+/// Whether a field may be left out, and what `null` means: serde's rules for the
+/// field types the `Raw*` structs had.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// An `Option`: `null` is the same as absent.
+    Optional,
+    /// A field with a default (a map, a list, a flag, a nested object): `null` is the
+    /// wrong type.
+    Defaulted,
+    Required,
+}
+
+struct Field {
+    name: &'static str,
+    kind: Kind,
+    presence: Presence,
+}
+
+const fn optional(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        presence: Presence::Optional,
+    }
+}
+
+const fn defaulted(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        presence: Presence::Defaulted,
+    }
+}
+
+const fn required(name: &'static str, kind: Kind) -> Field {
+    Field {
+        name,
+        kind,
+        presence: Presence::Required,
+    }
+}
+
+const CONFIG_FIELDS: &[Field] = &[
+    optional("realm", Kind::String),
+    defaulted("providers", Kind::Object),
+    defaulted("exchanges", Kind::Object),
+    defaulted("rules", Kind::Array),
+    optional("authz_service", Kind::Any),
+];
+const PROVIDER_FIELDS: &[Field] = &[
+    required("issuer", Kind::String),
+    optional("audiences", Kind::Strings),
+    required("jwks", Kind::Object),
+    optional("algorithms", Kind::Strings),
+    optional("sources", Kind::Array),
+    optional("token_types", Kind::Strings),
+    optional("clock_skew_secs", Kind::U64),
+    optional("require_exp", Kind::Bool),
+    optional("max_token_bytes", Kind::Usize),
+    defaulted("forward", Kind::Object),
+];
+const JWKS_FIELDS: &[Field] = &[
+    optional("inline", Kind::Any),
+    optional("uri", Kind::String),
+    optional("discovery", Kind::String),
+    optional("cluster", Kind::String),
+    optional("cache_secs", Kind::U64),
+    optional("timeout_ms", Kind::U64),
+    optional("unknown_kid_refetch_secs", Kind::U64),
+];
+const SOURCE_FIELDS: &[Field] = &[
+    optional("header", Kind::String),
+    optional("prefix", Kind::String),
+    optional("cookie", Kind::String),
+    optional("query", Kind::String),
+];
+const FORWARD_FIELDS: &[Field] = &[
+    defaulted("keep_token", Kind::Bool),
+    optional("payload_header", Kind::String),
+    defaulted("claims", Kind::StringMap),
+];
+const RULE_FIELDS: &[Field] = &[
+    optional("name", Kind::String),
+    defaulted("match", Kind::Object),
+    optional("allow", Kind::String),
+    optional("authn", Kind::Object),
+    optional("authz", Kind::Any),
+    optional("central", Kind::Bool),
+    optional("dry_run", Kind::Bool),
+];
+const MATCH_FIELDS: &[Field] = &[
+    optional("path", Kind::Object),
+    optional("methods", Kind::Strings),
+    optional("host", Kind::String),
+    defaulted("headers", Kind::Object),
+];
+const PATH_MATCH_FIELDS: &[Field] = &[
+    optional("exact", Kind::String),
+    optional("prefix", Kind::String),
+    optional("template", Kind::String),
+];
+const HEADER_MATCH_FIELDS: &[Field] = &[
+    optional("present", Kind::Bool),
+    optional("equals", Kind::String),
+    optional("prefix", Kind::String),
+];
+const AUTHN_FIELDS: &[Field] = &[
+    optional("any", Kind::Strings),
+    optional("all", Kind::Strings),
+    defaulted("optional", Kind::Bool),
+];
+
+/// The `Raw*` types read out of a parsed document.
+struct Reader {
+    /// (object path, key) of every key written more than once in one object.
+    repeated: Vec<(String, String)>,
+}
+
+impl Reader {
+    /// The fields of the object at `at`, checked against `fields`: each key one of them
+    /// and written once, each value of its kind, each required one present.
+    fn read(&self, value: Value, at: &str, fields: &'static [Field]) -> Result<Slots, ConfigError> {
+        let map = match value {
+            Value::Object(map) => map,
+            other => return Err(ConfigError::new(at, invalid_type(&other, "an object"))),
+        };
+        if let Some((_, key)) = self.repeated.iter().find(|(object, _)| object == at) {
+            return Err(ConfigError::new(
+                field_path(at, key),
+                format!("duplicate field `{key}`"),
+            ));
+        }
+        let mut slots: Vec<Slot> = fields.iter().map(|_| Slot::Absent).collect();
+        for (key, value) in map {
+            let path = field_path(at, &key);
+            let Some((field, slot)) = fields
+                .iter()
+                .zip(slots.iter_mut())
+                .find(|(field, _)| field.name == key)
+            else {
+                let mut message = format!("unknown field `{key}`, expected one of ");
+                for (i, field) in fields.iter().enumerate() {
+                    if i > 0 {
+                        message.push_str(", ");
+                    }
+                    message.push('`');
+                    message.push_str(field.name);
+                    message.push('`');
+                }
+                return Err(ConfigError::new(path, message));
+            };
+            *slot = read_field(field, value, path)?;
+        }
+        let missing = fields.iter().zip(&slots).find(|(field, slot)| {
+            field.presence == Presence::Required && matches!(slot, Slot::Absent)
+        });
+        if let Some((field, _)) = missing {
+            return Err(ConfigError::new(
+                at,
+                format!("missing field `{}`", field.name),
+            ));
+        }
+        Ok(Slots { fields, slots })
+    }
+
+    fn config(&self, value: Value) -> Result<RawConfig, ConfigError> {
+        let mut fields = self.read(value, "", CONFIG_FIELDS)?;
+        let mut providers = BTreeMap::new();
+        for (name, value) in entries(fields.value("providers")) {
+            let provider = self.provider(value, &field_path("providers", &name))?;
+            providers.insert(name, provider);
+        }
+        let mut exchanges = BTreeMap::new();
+        for (name, value) in entries(fields.value("exchanges")) {
+            exchanges.insert(name, value);
+        }
+        let mut rules = Vec::new();
+        for (index, value) in elements(fields.value("rules")).into_iter().enumerate() {
+            rules.push(self.rule(value, &item_path("rules", index))?);
+        }
+        Ok(RawConfig {
+            realm: fields.string("realm"),
+            providers,
+            exchanges,
+            rules,
+            authz_service: fields.value("authz_service"),
+        })
+    }
+
+    fn provider(&self, value: Value, at: &str) -> Result<RawProvider, ConfigError> {
+        let mut fields = self.read(value, at, PROVIDER_FIELDS)?;
+        // Required: `read` made sure it is there.
+        let jwks = fields.value("jwks").unwrap_or_default();
+        let jwks = self.jwks(jwks, &field_path(at, "jwks"))?;
+        let sources = match fields.value("sources") {
+            None => None,
+            Some(value) => {
+                let sources_at = field_path(at, "sources");
+                let mut sources = Vec::new();
+                for (index, value) in elements(Some(value)).into_iter().enumerate() {
+                    sources.push(self.source(value, &item_path(&sources_at, index))?);
+                }
+                Some(sources)
+            }
+        };
+        let forward = match fields.value("forward") {
+            None => RawForward::default(),
+            Some(value) => self.forward(value, &field_path(at, "forward"))?,
+        };
+        Ok(RawProvider {
+            issuer: fields.string("issuer").unwrap_or_default(),
+            audiences: fields.strings("audiences"),
+            jwks,
+            algorithms: fields.strings("algorithms"),
+            sources,
+            token_types: fields.strings("token_types"),
+            clock_skew_secs: fields.u64("clock_skew_secs"),
+            require_exp: fields.bool("require_exp"),
+            // `read` checked that it fits.
+            max_token_bytes: fields
+                .u64("max_token_bytes")
+                .and_then(|n| usize::try_from(n).ok()),
+            forward,
+        })
+    }
+
+    fn jwks(&self, value: Value, at: &str) -> Result<RawJwks, ConfigError> {
+        let mut fields = self.read(value, at, JWKS_FIELDS)?;
+        Ok(RawJwks {
+            inline: fields.value("inline"),
+            uri: fields.string("uri"),
+            discovery: fields.string("discovery"),
+            cluster: fields.string("cluster"),
+            cache_secs: fields.u64("cache_secs"),
+            timeout_ms: fields.u64("timeout_ms"),
+            unknown_kid_refetch_secs: fields.u64("unknown_kid_refetch_secs"),
+        })
+    }
+
+    fn source(&self, value: Value, at: &str) -> Result<RawSource, ConfigError> {
+        let mut fields = self.read(value, at, SOURCE_FIELDS)?;
+        Ok(RawSource {
+            header: fields.string("header"),
+            prefix: fields.string("prefix"),
+            cookie: fields.string("cookie"),
+            query: fields.string("query"),
+        })
+    }
+
+    fn forward(&self, value: Value, at: &str) -> Result<RawForward, ConfigError> {
+        let mut fields = self.read(value, at, FORWARD_FIELDS)?;
+        let mut claims = BTreeMap::new();
+        for (path, header) in entries(fields.value("claims")) {
+            // `read` checked that every value is a string.
+            if let Value::String(header) = header {
+                claims.insert(path, header);
+            }
+        }
+        Ok(RawForward {
+            keep_token: fields.bool("keep_token").unwrap_or(false),
+            payload_header: fields.string("payload_header"),
+            claims,
+        })
+    }
+
+    fn rule(&self, value: Value, at: &str) -> Result<RawRule, ConfigError> {
+        let mut fields = self.read(value, at, RULE_FIELDS)?;
+        let matcher = match fields.value("match") {
+            None => RawMatch::default(),
+            Some(value) => self.matcher(value, &field_path(at, "match"))?,
+        };
+        let authn = match fields.value("authn") {
+            None => None,
+            Some(value) => {
+                let mut authn = self.read(value, &field_path(at, "authn"), AUTHN_FIELDS)?;
+                Some(RawAuthn {
+                    any: authn.strings("any"),
+                    all: authn.strings("all"),
+                    optional: authn.bool("optional").unwrap_or(false),
+                })
+            }
+        };
+        Ok(RawRule {
+            name: fields.string("name"),
+            matcher,
+            allow: fields.string("allow"),
+            authn,
+            authz: fields.value("authz"),
+            central: fields.bool("central"),
+            dry_run: fields.bool("dry_run"),
+        })
+    }
+
+    fn matcher(&self, value: Value, at: &str) -> Result<RawMatch, ConfigError> {
+        let mut fields = self.read(value, at, MATCH_FIELDS)?;
+        let path = match fields.value("path") {
+            None => None,
+            Some(value) => {
+                let mut path = self.read(value, &field_path(at, "path"), PATH_MATCH_FIELDS)?;
+                Some(RawPathMatch {
+                    exact: path.string("exact"),
+                    prefix: path.string("prefix"),
+                    template: path.string("template"),
+                })
+            }
+        };
+        let headers_at = field_path(at, "headers");
+        let mut headers = BTreeMap::new();
+        for (name, value) in entries(fields.value("headers")) {
+            let mut header =
+                self.read(value, &field_path(&headers_at, &name), HEADER_MATCH_FIELDS)?;
+            let header_match = RawHeaderMatch {
+                present: header.bool("present"),
+                equals: header.string("equals"),
+                prefix: header.string("prefix"),
+            };
+            headers.insert(name, header_match);
+        }
+        Ok(RawMatch {
+            path,
+            methods: fields.strings("methods"),
+            host: fields.string("host"),
+            headers,
+        })
+    }
+}
+
+/// One field's value, checked against its [`Kind`].
+enum Slot {
+    Absent,
+    String(String),
+    U64(u64),
+    Bool(bool),
+    Strings(Vec<String>),
+    Value(Value),
+}
+
+/// A field's value checked against its kind; `at` is the field's path.
+fn read_field(field: &Field, value: Value, at: String) -> Result<Slot, ConfigError> {
+    if value.is_null() && field.presence == Presence::Optional {
+        return Ok(Slot::Absent);
+    }
+    let slot = match (field.kind, value) {
+        (Kind::String, Value::String(string)) => Slot::String(string),
+        (Kind::Bool, Value::Bool(b)) => Slot::Bool(b),
+        // A fraction, or an integer too large for u64 (which the JSON parser turns into
+        // a float), falls through to "invalid type"; a negative one is an invalid value.
+        (kind @ (Kind::U64 | Kind::Usize), Value::Number(n)) if !n.is_f64() => match n.as_u64() {
+            Some(n) if kind == Kind::U64 || usize::try_from(n).is_ok() => Slot::U64(n),
+            _ => {
+                return Err(ConfigError::new(
+                    at,
+                    format!("invalid value: integer `{n}`, expected {}", kind.expected()),
+                ))
+            }
+        },
+        (Kind::Strings, Value::Array(items)) => {
+            let mut strings = Vec::new();
+            for (index, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(string) => strings.push(string),
+                    other => {
+                        return Err(ConfigError::new(
+                            item_path(&at, index),
+                            invalid_type(&other, "a string"),
+                        ))
+                    }
+                }
+            }
+            Slot::Strings(strings)
+        }
+        (Kind::StringMap, Value::Object(map)) => {
+            if let Some((key, other)) = map.iter().find(|(_, value)| !value.is_string()) {
+                return Err(ConfigError::new(
+                    field_path(&at, key),
+                    invalid_type(other, "a string"),
+                ));
+            }
+            Slot::Value(Value::Object(map))
+        }
+        (Kind::Any, value)
+        | (Kind::Object, value @ Value::Object(_))
+        | (Kind::Array, value @ Value::Array(_)) => Slot::Value(value),
+        (kind, other) => return Err(ConfigError::new(at, invalid_type(&other, kind.expected()))),
+    };
+    Ok(slot)
+}
+
+/// The checked fields of one object, taken out by name.
+struct Slots {
+    fields: &'static [Field],
+    slots: Vec<Slot>,
+}
+
+impl Slots {
+    fn take(&mut self, name: &str) -> Slot {
+        self.fields
+            .iter()
+            .zip(self.slots.iter_mut())
+            .find(|(field, _)| field.name == name)
+            .map_or(Slot::Absent, |(_, slot)| {
+                std::mem::replace(slot, Slot::Absent)
+            })
+    }
+
+    fn string(&mut self, name: &str) -> Option<String> {
+        match self.take(name) {
+            Slot::String(string) => Some(string),
+            _ => None,
+        }
+    }
+
+    fn u64(&mut self, name: &str) -> Option<u64> {
+        match self.take(name) {
+            Slot::U64(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn bool(&mut self, name: &str) -> Option<bool> {
+        match self.take(name) {
+            Slot::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn strings(&mut self, name: &str) -> Option<Vec<String>> {
+        match self.take(name) {
+            Slot::Strings(strings) => Some(strings),
+            _ => None,
+        }
+    }
+
+    fn value(&mut self, name: &str) -> Option<Value> {
+        match self.take(name) {
+            Slot::Value(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// The entries of a checked object field; none when it was absent.
+fn entries(value: Option<Value>) -> serde_json::Map<String, Value> {
+    match value {
+        Some(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The elements of a checked array field; none when it was absent.
+fn elements(value: Option<Value>) -> Vec<Value> {
+    match value {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// serde's wording: "invalid type: string \"60\", expected u64".
+fn invalid_type(value: &Value, expected: &str) -> String {
+    let found = match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) if n.is_f64() => format!("floating point `{n}`"),
+        Value::Number(n) => format!("integer `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "array".to_owned(),
+        Value::Object(_) => "object".to_owned(),
+    };
+    format!("invalid type: {found}, expected {expected}")
+}
+
+fn field_path(at: &str, name: &str) -> String {
+    if at.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{at}.{name}")
+    }
+}
+
+fn item_path(at: &str, index: usize) -> String {
+    format!("{at}[{index}]")
 }
 
 /// The byte offset of serde_json's 1-based line and column (bytes since the line's
@@ -256,20 +731,35 @@ fn offset_of(bytes: &[u8], line: usize, column: usize) -> usize {
     line_start.saturating_add(column).min(bytes.len())
 }
 
-/// One open JSON container while scanning for a path.
+/// One open JSON container while scanning.
 enum Frame {
-    Object { key: Option<String> },
-    Array { index: usize },
+    /// `key`: the key being read; `keys`: every key read so far.
+    Object {
+        key: Option<String>,
+        keys: Vec<String>,
+    },
+    Array {
+        index: usize,
+    },
 }
 
-/// The field path (`providers.corp.jwks.inline.keys[2]`) of the value the parser was in
-/// at `offset`. Rebuilding the path from the error's position, after the fact, costs a
-/// few lines here instead of wrapping every serde visitor (serde_path_to_error doubled
-/// the config parser's code, and V8 compiles all of it before Envoy opens a listener).
-/// Where the parser stopped right after closing a container (a missing field is
-/// reported when `}` is read), the path is the container's own.
-fn path_at(bytes: &[u8], offset: usize) -> String {
+/// What a scan of the document's bytes up to an offset found.
+struct Scan {
+    /// The field path (`providers.corp.jwks.inline.keys[2]`) of the value the scan
+    /// stopped in.
+    path: String,
+    /// (object path, key) of every key repeated in an object closed before the offset.
+    repeated: Vec<(String, String)>,
+}
+
+/// Scans the document's bytes up to `offset`. The path of a syntax error is rebuilt from
+/// the error's position, after the fact: a few lines here instead of wrapping every
+/// visitor (serde_path_to_error doubled the config parser's code, and V8 compiles all of
+/// it before Envoy opens a listener). Where the scan stops right after closing a
+/// container, the path is the container's own.
+fn scan(bytes: &[u8], offset: usize) -> Scan {
     let mut stack: Vec<Frame> = Vec::new();
+    let mut repeated = Vec::new();
     let mut expecting_key = false;
     let mut closed_here = false;
     let mut i = 0;
@@ -279,10 +769,11 @@ fn path_at(bytes: &[u8], offset: usize) -> String {
             b'"' => {
                 let end = string_end(bytes, i);
                 if expecting_key {
-                    if let Some(Frame::Object { key }) = stack.last_mut() {
+                    if let Some(Frame::Object { key, keys }) = stack.last_mut() {
                         *key = bytes
                             .get(i..end)
                             .and_then(|quoted| serde_json::from_slice(quoted).ok());
+                        keys.extend(key.clone());
                     }
                     expecting_key = false;
                 }
@@ -290,7 +781,10 @@ fn path_at(bytes: &[u8], offset: usize) -> String {
                 continue;
             }
             b'{' => {
-                stack.push(Frame::Object { key: None });
+                stack.push(Frame::Object {
+                    key: None,
+                    keys: Vec::new(),
+                });
                 expecting_key = true;
             }
             b'[' => stack.push(Frame::Array { index: 0 }),
@@ -299,7 +793,7 @@ fn path_at(bytes: &[u8], offset: usize) -> String {
                     closed_here = true;
                     break;
                 }
-                stack.pop();
+                close(&mut stack, &mut repeated);
             }
             b',' => match stack.last_mut() {
                 Some(Frame::Array { index }) => *index += 1,
@@ -312,18 +806,38 @@ fn path_at(bytes: &[u8], offset: usize) -> String {
     }
     if closed_here {
         // The closed container is the subject, named by its parent's key or index.
-        stack.pop();
+        close(&mut stack, &mut repeated);
     }
+    Scan {
+        path: path_of(&stack),
+        repeated,
+    }
+}
+
+/// Pops the innermost container; an object's repeated key is noted with its path.
+fn close(stack: &mut Vec<Frame>, repeated: &mut Vec<(String, String)>) {
+    if let Some(Frame::Object { mut keys, .. }) = stack.pop() {
+        keys.sort();
+        let twice = keys.iter().zip(keys.iter().skip(1)).find(|(a, b)| a == b);
+        if let Some((key, _)) = twice {
+            repeated.push((path_of(stack), key.clone()));
+        }
+    }
+}
+
+/// The path the open containers spell: each object by its current key, each array by
+/// its current index.
+fn path_of(stack: &[Frame]) -> String {
     let mut path = String::new();
-    for frame in &stack {
+    for frame in stack {
         match frame {
-            Frame::Object { key: Some(key) } => {
+            Frame::Object { key: Some(key), .. } => {
                 if !path.is_empty() {
                     path.push('.');
                 }
                 path.push_str(key);
             }
-            Frame::Object { key: None } => {}
+            Frame::Object { key: None, .. } => {}
             Frame::Array { index } => {
                 path.push('[');
                 path.push_str(&index.to_string());
@@ -1001,7 +1515,7 @@ mod tests {
                 "{\"rules\": [{}, {\"match\": {\"path\": {\"prefix\": \"/\"",
                 "rules[1].match.path.prefix",
             ),
-            ("[1, 2]", "[0]"),
+            ("[1, 2", "[1]"),
             ("{\"providers\": {\"a\\\"", "providers"),
         ] {
             let e = Config::from_json(doc.as_bytes()).unwrap_err();
@@ -1189,6 +1703,259 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("providers.corp.jwks.bogus: unknown field"),
+            "{e}"
+        );
+    }
+
+    fn error_of_text(text: &str) -> ConfigError {
+        Config::from_json(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn a_document_that_is_not_an_object_is_refused() {
+        for doc in ["[1, 2]", "null", "1", "\"realm\""] {
+            let e = error_of_text(doc);
+            assert_eq!(e.path, "", "{doc}: {e}");
+            assert!(e.message.contains("expected an object"), "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn u64_fields_take_only_non_negative_integers() {
+        for (value, wording) in [
+            ("-1", "invalid value: integer `-1`, expected u64"),
+            ("1.5", "invalid type: floating point `1.5`, expected u64"),
+            ("60.0", "invalid type: floating point"),
+            // Past u64::MAX: the JSON parser reads it as a float.
+            ("18446744073709551616", "invalid type: floating point"),
+            ("\"60\"", "invalid type: string \"60\", expected u64"),
+            ("true", "invalid type: boolean `true`, expected u64"),
+        ] {
+            let text = base().to_string().replace(
+                "\"issuer\":",
+                &format!("\"clock_skew_secs\":{value},\"issuer\":"),
+            );
+            let e = error_of_text(&text);
+            assert_eq!(e.path, "providers.corp.clock_skew_secs", "{value}: {e}");
+            assert!(e.message.contains(wording), "{value}: {e}");
+        }
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["jwks"] =
+                json!({"uri": "http://idp/certs", "cluster": "idp", "timeout_ms": -5});
+        }));
+        assert_eq!(e.path, "providers.corp.jwks.timeout_ms");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["max_token_bytes"] = json!(-1)
+        }));
+        assert_eq!(e.path, "providers.corp.max_token_bytes");
+        assert!(e.message.contains("invalid value"), "{e}");
+        let config = Config::from_json(
+            with(|d| d["providers"]["corp"]["clock_skew_secs"] = json!(0))
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(config.providers[0].policy.clock_skew_secs, 0);
+    }
+
+    #[test]
+    fn bool_fields_take_only_booleans() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["require_exp"] = json!("false")
+        }));
+        assert_eq!(e.path, "providers.corp.require_exp");
+        assert!(
+            e.message
+                .contains("invalid type: string \"false\", expected a boolean"),
+            "{e}"
+        );
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["forward"]["keep_token"] = json!(1)
+        }));
+        assert_eq!(e.path, "providers.corp.forward.keep_token");
+        // A flag with a default is not an `Option`: null is the wrong type there.
+        let e = error_of(&with(|d| {
+            d["rules"] = json!([{"authn": {"any": ["corp"], "optional": null}}])
+        }));
+        assert_eq!(e.path, "rules[0].authn.optional");
+        assert!(e.message.contains("invalid type: null"), "{e}");
+        let e = error_of(&with(
+            |d| {
+                d["rules"] = json!([{"match": {"headers": {"x-a": {"present": "yes"}}}, "allow": "anonymous"}])
+            },
+        ));
+        assert_eq!(e.path, "rules[0].match.headers.x-a.present");
+    }
+
+    #[test]
+    fn null_is_an_absent_option_but_not_an_object() {
+        let ok = with(|d| {
+            d["realm"] = json!(null);
+            d["providers"]["corp"]["audiences"] = json!(null);
+            d["providers"]["corp"]["algorithms"] = json!(null);
+            d["providers"]["corp"]["sources"] = json!(null);
+            d["providers"]["corp"]["clock_skew_secs"] = json!(null);
+            d["rules"] = json!([{"match": {"path": null}, "authn": {"any": ["corp"]}, "authz": null, "dry_run": null}]);
+        });
+        let config = Config::from_json(ok.to_string().as_bytes()).unwrap();
+        assert_eq!(config.realm, DEFAULT_REALM);
+        assert_eq!(config.providers[0].policy.clock_skew_secs, 60);
+        for (change, path) in [
+            (
+                (|d: &mut Value| d["providers"]["corp"]["jwks"] = json!(null)) as fn(&mut Value),
+                "providers.corp.jwks",
+            ),
+            (
+                |d| d["providers"]["corp"]["forward"] = json!(null),
+                "providers.corp.forward",
+            ),
+            (
+                |d| d["providers"]["corp"]["forward"]["claims"] = json!(null),
+                "providers.corp.forward.claims",
+            ),
+            (|d| d["providers"]["corp"] = json!(null), "providers.corp"),
+            (|d| d["providers"] = json!(null), "providers"),
+            (|d| d["exchanges"] = json!(null), "exchanges"),
+            (|d| d["rules"] = json!(null), "rules"),
+            (|d| d["rules"] = json!([null]), "rules[0]"),
+            (
+                |d| d["rules"] = json!([{"match": null, "allow": "anonymous"}]),
+                "rules[0].match",
+            ),
+            (
+                |d| {
+                    d["rules"] =
+                        json!([{"match": {"headers": {"x-a": null}}, "allow": "anonymous"}])
+                },
+                "rules[0].match.headers.x-a",
+            ),
+            (
+                |d| d["providers"]["corp"]["sources"] = json!([null]),
+                "providers.corp.sources[0]",
+            ),
+            (
+                |d| d["providers"]["corp"]["issuer"] = json!(null),
+                "providers.corp.issuer",
+            ),
+        ] {
+            let e = error_of(&with(change));
+            assert_eq!(e.path, path, "{e}");
+            assert!(e.message.contains("invalid type: null"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_in_every_kind_of_object() {
+        let full = with(|d| {
+            d["providers"]["corp"]["sources"] = json!([{"header": "authorization"}]);
+            d["rules"] = json!([{
+                "match": {"path": {"prefix": "/"}, "headers": {"x-a": {"present": true}}},
+                "authn": {"any": ["corp"]}
+            }]);
+        });
+        Config::from_json(full.to_string().as_bytes()).unwrap();
+        for object in [
+            "",
+            "providers.corp",
+            "providers.corp.jwks",
+            "providers.corp.sources.0",
+            "providers.corp.forward",
+            "rules.0",
+            "rules.0.match",
+            "rules.0.match.path",
+            "rules.0.match.headers.x-a",
+            "rules.0.authn",
+        ] {
+            let mut doc = full.clone();
+            let mut target = &mut doc;
+            for step in object.split('.').filter(|s| !s.is_empty()) {
+                target = match step.parse::<usize>() {
+                    Ok(index) => &mut target[index],
+                    Err(_) => &mut target[step],
+                };
+            }
+            target["bogus"] = json!(1);
+            let e = error_of(&doc);
+            let path = object.replace(".0", "[0]");
+            let path = if path.is_empty() {
+                "bogus".to_owned()
+            } else {
+                format!("{path}.bogus")
+            };
+            assert_eq!(e.path, path, "{e}");
+            assert!(
+                e.message
+                    .contains("unknown field `bogus`, expected one of `"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_fields_and_wrong_elements_name_their_paths() {
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]
+                .as_object_mut()
+                .unwrap()
+                .remove("jwks");
+        }));
+        assert_eq!(e.path, "providers.corp");
+        assert!(e.message.contains("missing field `jwks`"), "{e}");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["audiences"] = json!(["orders", 7])
+        }));
+        assert_eq!(e.path, "providers.corp.audiences[1]");
+        assert!(e.message.contains("expected a string"), "{e}");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["audiences"] = json!("orders")
+        }));
+        assert_eq!(e.path, "providers.corp.audiences");
+        assert!(e.message.contains("expected an array"), "{e}");
+        let e = error_of(&with(|d| {
+            d["providers"]["corp"]["forward"]["claims"] = json!({"sub": ["x-user"]})
+        }));
+        assert_eq!(e.path, "providers.corp.forward.claims.sub");
+        let e =
+            error_of(&with(
+                |d| {
+                    d["rules"] =
+                        json!([{"match": {"methods": ["GET", null]}, "allow": "anonymous"}])
+                },
+            ));
+        assert_eq!(e.path, "rules[0].match.methods[1]");
+    }
+
+    #[test]
+    fn a_field_written_twice_is_refused_but_a_repeated_map_key_keeps_the_last() {
+        let text = base()
+            .to_string()
+            .replace("\"issuer\":", "\"issuer\":\"https://other\",\"issuer\":");
+        let e = error_of_text(&text);
+        assert_eq!(e.path, "providers.corp.issuer");
+        assert!(e.message.contains("duplicate field `issuer`"), "{e}");
+        let text = base()
+            .to_string()
+            .replace("\"realm\":", "\"realm\":\"a\",\"realm\":");
+        assert_eq!(error_of_text(&text).path, "realm");
+        // Maps are not structs: as with serde's BTreeMap, the last of a repeated key wins.
+        let text = base().to_string().replace(
+            "\"claims\":{\"sub\":\"X-User-Id\"}",
+            "\"claims\":{\"sub\":\"host\",\"sub\":\"X-User-Id\"}",
+        );
+        assert_ne!(text, base().to_string());
+        let config = Config::from_json(text.as_bytes()).unwrap();
+        assert_eq!(config.providers[0].forward.claims[0].1, "x-user-id");
+    }
+
+    #[test]
+    fn an_array_is_not_an_object() {
+        // serde's derive also read a struct from a JSON array of its fields in order; the
+        // contract has objects only.
+        let e = error_of(&with(|d| d["rules"] = json!([[null, {}, "anonymous"]])));
+        assert_eq!(e.path, "rules[0]");
+        assert!(
+            e.message
+                .contains("invalid type: array, expected an object"),
             "{e}"
         );
     }
