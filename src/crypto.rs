@@ -67,11 +67,14 @@ impl PublicKey {
             PublicKey::Rsa(key) => verify_rsa(key, alg, message, signature),
             PublicKey::P256(key) => key.verify(message, signature),
             PublicKey::P384(key) => {
-                use p384::ecdsa::signature::Verifier;
+                // Hashed here with hmac-sha512's SHA-384 (as HS384/RS384 are), so that
+                // p384's verify does not link a second SHA-512 core (sha2's).
+                use p384::ecdsa::signature::hazmat::PrehashVerifier;
                 let Ok(sig) = p384::ecdsa::Signature::from_slice(signature) else {
                     return false;
                 };
-                signature.len() == 96 && key.verify(message, &sig).is_ok()
+                let digest = hmac_sha512::sha384::Hash::hash(message);
+                signature.len() == 96 && key.verify_prehash(&digest, &sig).is_ok()
             }
             PublicKey::Ed25519(key) => key.verify(message, signature),
             PublicKey::Oct(secret) => {

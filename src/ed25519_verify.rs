@@ -14,7 +14,6 @@ use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
-use sha2_11::{Digest, Sha512};
 use std::sync::{Arc, OnceLock};
 
 /// Window width of a key's table, and the passes its windows are split into (see
@@ -278,11 +277,12 @@ pub fn verify_with_tables(
     let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*s_bytes)) else {
         return false;
     };
-    let mut hash = Sha512::new();
+    // hmac-sha512's SHA-512, which HS512 and RS512 use too: one SHA-512 in the module.
+    let mut hash = hmac_sha512::Hash::new();
     hash.update(r_bytes);
     hash.update(key_bytes);
     hash.update(message);
-    let k = Scalar::from_bytes_mod_order_wide(&hash.finalize().into());
+    let k = Scalar::from_bytes_mod_order_wide(&hash.finalize());
     let r = minus_key.mul_add(basepoint.mul(&s), &k);
     r.compress().as_bytes() == r_bytes && !r.is_small_order()
 }
@@ -301,6 +301,7 @@ fn is_canonical_field_element(bytes: &[u8; 32]) -> bool {
 mod tests {
     use super::*;
     use ed25519_dalek::Signer;
+    use sha2_11::{Digest, Sha512};
 
     /// L, the order of the basepoint, little-endian.
     const L: [u8; 32] = [
