@@ -17,16 +17,18 @@ use curve25519_dalek::traits::Identity;
 use std::sync::{Arc, OnceLock};
 
 /// Window width of a key's table, and the passes its windows are split into (see
-/// [`FixedBaseTable`]): 26 windows of 16 points (66.5 KB), 51 additions and 5 doublings
-/// per multiplication, built in ~0.3 ms in V8. Measured in V8 (bench/verify): one pass
-/// (133 KB) verifies ~4% faster, 6 bits in two passes (113 KB) ~8%, 4 bits (41 KB) ~5%
-/// slower.
-pub const KEY_WINDOW_BITS: u32 = 5;
+/// [`FixedBaseTable`]): 6 bits in two passes, 113 KB, built in ~0.44 ms in V8 at the
+/// key's first check. Measured in V8 (bench/verify, per verify against 5 bits in two
+/// passes, 66.5 KB): ~8% faster; one pass of 5 bits (133 KB) ~4%, 4 bits (41 KB) ~5%
+/// slower. Cold EdDSA is judged against native jwt_authn, and memory is cheaper here than
+/// code (opt-level 3 for curve25519-dalek gained ~19% for 13 KB more of module that V8
+/// compiles at start-up); a JWKS holds at most 64 keys.
+pub const KEY_WINDOW_BITS: u32 = 6;
 pub const KEY_PASSES: u32 = 2;
-/// The basepoint's table, one per VM, built at the first EdDSA check: 43 windows of 32
-/// points (220 KB), 43 additions, ~0.7 ms in V8. 7 bits (379 KB, ~1.3 ms) verify ~3%
-/// faster, 8 bits (655 KB, ~2.2 ms) ~8%.
-pub const BASEPOINT_WINDOW_BITS: u32 = 6;
+/// The basepoint's table, one per VM, built at the first EdDSA check: 7-bit windows,
+/// 379 KB, ~1.3 ms in V8; ~3% faster than 6 bits (220 KB, ~0.7 ms); 8 bits (655 KB,
+/// ~2.2 ms) ~8%.
+pub const BASEPOINT_WINDOW_BITS: u32 = 7;
 pub const BASEPOINT_PASSES: u32 = 1;
 
 /// Bits of a reduced scalar: every `Scalar` is below L < 2^253.
@@ -629,7 +631,7 @@ mod tests {
         // The sizes the constants' docs give: 160-byte points (four field elements of
         // 40 bytes, 10 × u32 on wasm32, 5 × u64 here).
         assert_eq!(std::mem::size_of::<EdwardsPoint>(), 160);
-        assert_eq!(basepoint_table().size_bytes(), 43 * 32 * 160);
+        assert_eq!(basepoint_table().size_bytes(), 37 * 64 * 160);
         // The table is built at the first check, then kept; clones share it.
         let windows = 253usize
             .div_ceil(KEY_WINDOW_BITS as usize)
