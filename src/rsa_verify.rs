@@ -134,13 +134,13 @@ impl RsaKey {
     }
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+pub(crate) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
     bytes.get(first..).unwrap_or_default()
 }
 
 /// The bit length of a big-endian number without leading zero bytes.
-fn bit_length(bytes: &[u8]) -> usize {
+pub(crate) fn bit_length(bytes: &[u8]) -> usize {
     match bytes.first() {
         None => 0,
         Some(top) => (bytes.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
@@ -148,7 +148,7 @@ fn bit_length(bytes: &[u8]) -> usize {
 }
 
 /// The public exponent, if it is odd, at least 3 and at most [`MAX_EXPONENT`].
-fn exponent(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn exponent(bytes: &[u8]) -> Option<u64> {
     let bytes = strip_leading_zeros(bytes);
     if bytes.len() > 8 {
         return None;
@@ -167,7 +167,7 @@ fn hash_len(hash: Hash) -> usize {
 
 /// The hash of the concatenation of `parts`. The small SHA-2 implementations the HMAC
 /// algorithms already use: no second copy of SHA-2 in the module for RSA.
-fn digest(hash: Hash, parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn digest(hash: Hash, parts: &[&[u8]]) -> Vec<u8> {
     match hash {
         Hash::Sha256 => {
             let mut hasher = hmac_sha256::Hash::new();
@@ -207,7 +207,7 @@ fn digest_info_prefix(hash: Hash) -> &'static [u8] {
 
 /// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2): `0x00 0x01 FF..FF 0x00 DigestInfo`, `k` bytes
 /// long, or `None` if `k` leaves fewer than 8 bytes of padding.
-fn pkcs1v15_encoding(hash: Hash, digest: &[u8], k: usize) -> Option<Vec<u8>> {
+pub(crate) fn pkcs1v15_encoding(hash: Hash, digest: &[u8], k: usize) -> Option<Vec<u8>> {
     let prefix = digest_info_prefix(hash);
     let padding = k.checked_sub(prefix.len() + digest.len() + 3)?;
     if padding < 8 {
@@ -234,7 +234,7 @@ fn mgf1_xor(hash: Hash, seed: &[u8], out: &mut [u8]) {
 
 /// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with sLen = hLen. `k_bytes` is the output of
 /// RSAVP1 as `k` bytes; `em_bits` is modBits - 1.
-fn emsa_pss_verify(hash: Hash, m_hash: &[u8], k_bytes: &[u8], em_bits: usize) -> bool {
+pub(crate) fn emsa_pss_verify(hash: Hash, m_hash: &[u8], k_bytes: &[u8], em_bits: usize) -> bool {
     let h_len = hash_len(hash);
     let s_len = h_len;
     let em_len = em_bits.div_ceil(8);

@@ -1,52 +1,18 @@
-//! The filter's RSA verification before src/montgomery.rs replaced its arithmetic: src/rsa_verify.rs
-//! of commit 96c640c (crypto-bigint's fixed widths), measured beside the new one: verbatim, but
-//! without its tests and with `RsaKey::public_op` public (the `pow` rows time it alone).
-//!
-//! RSA signature verification for RS256/384/512 (RSASSA-PKCS1-v1_5) and PS256/384/512
-//! (RSASSA-PSS with MGF1 and a salt as long as the hash, RFC 7518 §3.5), on
-//! crypto-bigint's Montgomery arithmetic.
-//!
-//! Why not the `rsa` crate: its num-bigint-dig digits are u64, and in wasm32 every
-//! 64×64→128-bit product becomes a call, so one RS256 check cost 0.8–1.7 ms in Envoy's V8
-//! (about 0.16 ms here; bench/verify measures both). Here the Montgomery parameters are
-//! computed once, when the key is parsed, and `s^e mod n` is square-and-multiply over the
-//! bits of the public exponent (16 squarings and one multiplication for 65537). The
-//! integers have fixed widths (2048, 3072 or 4096 bits, the smallest that holds `n`):
-//! crypto-bigint's heap-allocated `BoxedUint` measured up to 14% slower in V8 for 2 KB less
-//! module. Everything here handles public data only, so nothing needs constant time.
-//!
-//! The checks follow RFC 8017 to the letter, and are at least as strict as the `rsa`
-//! crate's (the tests run both on every vector): the signature is exactly `k` bytes and
-//! below `n`; PKCS#1 v1.5 rebuilds the whole expected encoding and compares it; PSS checks
-//! the leading byte, the unused top bits, the `0xbc` trailer, the zero padding and the
-//! `0x01` separator.
+//! The filter's RSA arithmetic before src/montgomery.rs replaced it (commit 96c640c:
+//! crypto-bigint's Montgomery form at three fixed widths, 2048/3072/4096 bits), measured
+//! beside the new one. Only the arithmetic is kept here (with `RsaKey::public_op` public:
+//! the `pow` rows time it alone); key checks and the PKCS#1 v1.5 / PSS encodings are the
+//! filter's own, from src/rsa_verify.rs.
 
 use crate::alg::Hash;
+use crate::rsa_verify::{
+    bit_length, digest, emsa_pss_verify, exponent, pkcs1v15_encoding, strip_leading_zeros,
+    KeyError, MAX_BITS, MIN_BITS,
+};
 use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
 use crypto_bigint::{Odd, Uint, Word, U2048, U3072, U4096};
 
-/// The smallest modulus accepted, in bits.
-pub const MIN_BITS: usize = 2048;
-/// The largest modulus accepted, in bits (also the `rsa` crate's limit).
-pub const MAX_BITS: usize = 4096;
-/// The largest public exponent accepted: 2^33 - 1, the `rsa` crate's limit.
-pub const MAX_EXPONENT: u64 = (1 << 33) - 1;
-
 const WORD_BYTES: usize = Word::BITS as usize / 8;
-
-/// Why an RSA public key was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The modulus is under [`MIN_BITS`].
-    TooSmall,
-    /// The modulus is over [`MAX_BITS`].
-    TooLarge,
-    /// `e` is even, below 3, over [`MAX_EXPONENT`], or not below `n`.
-    BadExponent,
-    /// The modulus is even.
-    BadModulus,
-}
 
 /// An RSA public key, ready to verify: its Montgomery parameters are already computed.
 #[derive(Clone)]
@@ -152,29 +118,6 @@ impl RsaKey {
     }
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default()
-}
-
-/// The bit length of a big-endian number without leading zero bytes.
-fn bit_length(bytes: &[u8]) -> usize {
-    match bytes.first() {
-        None => 0,
-        Some(top) => (bytes.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
-    }
-}
-
-/// The public exponent, if it is odd, at least 3 and at most [`MAX_EXPONENT`].
-fn exponent(bytes: &[u8]) -> Option<u64> {
-    let bytes = strip_leading_zeros(bytes);
-    if bytes.len() > 8 {
-        return None;
-    }
-    let e = bytes.iter().fold(0u64, |e, b| (e << 8) | u64::from(*b));
-    (e >= 3 && e & 1 == 1 && e <= MAX_EXPONENT).then_some(e)
-}
-
 fn params<const LIMBS: usize>(n: &[u8]) -> Result<FixedMontyParams<LIMBS>, KeyError> {
     let n = uint_from_be::<LIMBS>(n).ok_or(KeyError::TooLarge)?;
     let n = Option::<Odd<Uint<LIMBS>>>::from(Odd::new(n)).ok_or(KeyError::BadModulus)?;
@@ -229,131 +172,4 @@ fn uint_to_be<const LIMBS: usize>(x: &Uint<LIMBS>, out: &mut [u8]) -> bool {
         *slot = byte(i);
     }
     (out.len()..LIMBS * WORD_BYTES).all(|i| byte(i) == 0)
-}
-
-fn hash_len(hash: Hash) -> usize {
-    match hash {
-        Hash::Sha256 => 32,
-        Hash::Sha384 => 48,
-        Hash::Sha512 => 64,
-    }
-}
-
-/// The hash of the concatenation of `parts`. The small SHA-2 implementations the HMAC
-/// algorithms already use: no second copy of SHA-2 in the module for RSA.
-fn digest(hash: Hash, parts: &[&[u8]]) -> Vec<u8> {
-    match hash {
-        Hash::Sha256 => {
-            let mut hasher = hmac_sha256::Hash::new();
-            parts.iter().for_each(|part| hasher.update(part));
-            hasher.finalize().to_vec()
-        }
-        Hash::Sha384 => {
-            let mut hasher = hmac_sha512::sha384::Hash::new();
-            parts.iter().for_each(|part| hasher.update(part));
-            hasher.finalize().to_vec()
-        }
-        Hash::Sha512 => {
-            let mut hasher = hmac_sha512::Hash::new();
-            parts.iter().for_each(|part| hasher.update(part));
-            hasher.finalize().to_vec()
-        }
-    }
-}
-
-/// The DER DigestInfo prefix (RFC 8017 §9.2 note 1), with the NULL parameters.
-fn digest_info_prefix(hash: Hash) -> &'static [u8] {
-    match hash {
-        Hash::Sha256 => &[
-            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x01, 0x05, 0x00, 0x04, 0x20,
-        ],
-        Hash::Sha384 => &[
-            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x02, 0x05, 0x00, 0x04, 0x30,
-        ],
-        Hash::Sha512 => &[
-            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x03, 0x05, 0x00, 0x04, 0x40,
-        ],
-    }
-}
-
-/// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2): `0x00 0x01 FF..FF 0x00 DigestInfo`, `k` bytes
-/// long, or `None` if `k` leaves fewer than 8 bytes of padding.
-fn pkcs1v15_encoding(hash: Hash, digest: &[u8], k: usize) -> Option<Vec<u8>> {
-    let prefix = digest_info_prefix(hash);
-    let padding = k.checked_sub(prefix.len() + digest.len() + 3)?;
-    if padding < 8 {
-        return None;
-    }
-    let mut em = Vec::with_capacity(k);
-    em.extend_from_slice(&[0x00, 0x01]);
-    em.resize(2 + padding, 0xff);
-    em.push(0x00);
-    em.extend_from_slice(prefix);
-    em.extend_from_slice(digest);
-    Some(em)
-}
-
-/// XORs MGF1(`seed`) (RFC 8017 §B.2.1) into `out`.
-fn mgf1_xor(hash: Hash, seed: &[u8], out: &mut [u8]) {
-    for (counter, chunk) in (0u32..).zip(out.chunks_mut(hash_len(hash))) {
-        let mask = digest(hash, &[seed, &counter.to_be_bytes()]);
-        for (byte, m) in chunk.iter_mut().zip(mask) {
-            *byte ^= m;
-        }
-    }
-}
-
-/// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with sLen = hLen. `k_bytes` is the output of
-/// RSAVP1 as `k` bytes; `em_bits` is modBits - 1.
-fn emsa_pss_verify(hash: Hash, m_hash: &[u8], k_bytes: &[u8], em_bits: usize) -> bool {
-    let h_len = hash_len(hash);
-    let s_len = h_len;
-    let em_len = em_bits.div_ceil(8);
-    // §8.1.2 step 2c: EM = I2OSP(m, emLen); m must fit in emLen bytes (k - emLen is 0 or 1).
-    let Some((high, em)) = k_bytes.split_at_checked(k_bytes.len().saturating_sub(em_len)) else {
-        return false;
-    };
-    if em.len() != em_len || high.iter().any(|b| *b != 0) {
-        return false;
-    }
-    // Step 3.
-    if m_hash.len() != h_len || em_len < h_len + s_len + 2 {
-        return false;
-    }
-    // Step 4: the trailer.
-    let Some((&0xbc, rest)) = em.split_last() else {
-        return false;
-    };
-    // Step 5: maskedDB || H.
-    let Some((masked_db, h)) = rest.split_at_checked(em_len - h_len - 1) else {
-        return false;
-    };
-    // Step 6: the 8·emLen - emBits leftmost bits of maskedDB are zero.
-    let unused_bits = 8 * em_len - em_bits;
-    let top_mask = 0xffu8 >> unused_bits;
-    if masked_db.first().is_none_or(|top| top & !top_mask != 0) {
-        return false;
-    }
-    // Steps 7–9: DB = maskedDB ⊕ MGF(H), leftmost bits cleared.
-    let mut db = masked_db.to_vec();
-    mgf1_xor(hash, h, &mut db);
-    if let Some(top) = db.first_mut() {
-        *top &= top_mask;
-    }
-    // Step 10: emLen - hLen - sLen - 2 zero bytes, then 0x01.
-    let Some((zeros, separator_and_salt)) = db.split_at_checked(em_len - h_len - s_len - 2) else {
-        return false;
-    };
-    let Some((&0x01, salt)) = separator_and_salt.split_first() else {
-        return false;
-    };
-    if zeros.iter().any(|b| *b != 0) || salt.len() != s_len {
-        return false;
-    }
-    // Steps 12–14: H' = Hash(0x00 × 8 || mHash || salt), and H' = H.
-    let h_prime = digest(hash, &[&[0u8; 8], m_hash, salt]);
-    crate::crypto::constant_time_eq(&h_prime, h)
 }
