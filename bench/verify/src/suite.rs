@@ -329,11 +329,14 @@ pub fn run(
 /// Ways of computing `[S]B - [k]A` side by side: the filter's tables at other widths
 /// (key: w bits × passes; basepoint), curve25519-dalek's constant-time fixed-base tables
 /// and its precomputed Straus. "parse key" rows: what a table costs to build.
+/// Records one timed row: (label, case, expected result, the operation).
+type RecordRow<'a> = dyn FnMut(&'static str, &'static str, bool, &dyn Fn() -> bool) + 'a;
+
 fn ed25519_candidates(
     x: &[u8],
     message: &[u8],
     good: &[u8],
-    row: &mut dyn FnMut(&'static str, &'static str, bool, &dyn Fn() -> bool),
+    row: &mut RecordRow<'_>,
 ) -> Result<(), String> {
     use crate::ed25519_verify::{verify_with_tables, FixedBaseTable};
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, ED25519_BASEPOINT_TABLE};
@@ -388,7 +391,7 @@ fn ed25519_candidates(
     let dalek_table = candidates::dalek_basepoint_table(&minus_key);
     row("dalek radix-16 tables", "verify", true, &|| {
         candidates::ed25519_verify_with(&key_bytes, message, good, &|s, k| {
-            &(s * ED25519_BASEPOINT_TABLE) + &(k * &dalek_table)
+            (s * ED25519_BASEPOINT_TABLE) + (k * &dalek_table)
         })
     });
     row("dalek radix-16 tables", "parse key", true, &|| {
