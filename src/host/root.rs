@@ -64,9 +64,10 @@ impl Root {
     /// One step of the key machinery: adopt what other workers fetched, start what is
     /// due, then wake the requests that can go on.
     fn drive(&self, state: &VmState) {
+        let now = now_ms();
         let changed = {
             let mut keys = state.keys.borrow_mut();
-            keys.now_ms.set(now_ms());
+            keys.now_ms.set(now);
             let mut changed = keys.sync_from_shared(&state.metrics);
             changed.extend(keys.expire_stuck(&state.metrics));
             keys.start_due_fetches(&state.metrics);
@@ -74,7 +75,7 @@ impl Root {
         };
         self.keys_changed(state, &changed);
         self.wake(state);
-        state.metrics.flush(now_ms());
+        state.metrics.flush(now);
         let busy = state.keys.borrow().busy() || !state.waiters.borrow().is_empty();
         state.set_tick(if busy { BUSY_TICK_MS } else { IDLE_TICK_MS });
     }
