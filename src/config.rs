@@ -828,24 +828,11 @@ fn close(stack: &mut Vec<Frame>, repeated: &mut Vec<(String, String)>) {
 /// The path the open containers spell: each object by its current key, each array by
 /// its current index.
 fn path_of(stack: &[Frame]) -> String {
-    let mut path = String::new();
-    for frame in stack {
-        match frame {
-            Frame::Object { key: Some(key), .. } => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-            }
-            Frame::Object { key: None, .. } => {}
-            Frame::Array { index } => {
-                path.push('[');
-                path.push_str(&index.to_string());
-                path.push(']');
-            }
-        }
-    }
-    path
+    stack.iter().fold(String::new(), |path, frame| match frame {
+        Frame::Object { key: Some(key), .. } => field_path(&path, key),
+        Frame::Object { key: None, .. } => path,
+        Frame::Array { index } => item_path(&path, *index),
+    })
 }
 
 /// The index just past the JSON string starting at `start` (its opening quote), or the
