@@ -106,22 +106,15 @@ impl RsaKey {
 
     /// RSASSA-PKCS1-v1_5 (RFC 8017 §8.2.2) with `hash` over `message`.
     pub fn verify_pkcs1v15(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = self.public_op(signature) else {
-            return false;
-        };
-        let digest = digest(hash, &[message]);
-        pkcs1v15_encoding(hash, &digest, self.len)
-            .is_some_and(|expected| crate::crypto::constant_time_eq(&expected, &em))
+        self.public_op(signature)
+            .is_some_and(|em| pkcs1v15_matches(hash, message, &em))
     }
 
     /// RSASSA-PSS (RFC 8017 §8.1.2) with `hash`, MGF1 with `hash`, and a salt as long as
     /// the hash output (RFC 7518 §3.5).
     pub fn verify_pss(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = self.public_op(signature) else {
-            return false;
-        };
-        let digest = digest(hash, &[message]);
-        emsa_pss_verify(hash, &digest, &em, self.bits - 1)
+        self.public_op(signature)
+            .is_some_and(|em| pss_matches(hash, message, &em, self.bits))
     }
 
     /// RSAVP1 (RFC 8017 §5.2.2) and I2OSP: `signature^e mod n` as `k` bytes, or `None` if
@@ -132,6 +125,21 @@ impl RsaKey {
         }
         self.modulus.pow(signature, self.e)
     }
+}
+
+/// Whether `em`, the `k` bytes the public operation recovered, is exactly the PKCS#1 v1.5
+/// encoding of `message`'s digest.
+pub(crate) fn pkcs1v15_matches(hash: Hash, message: &[u8], em: &[u8]) -> bool {
+    let digest = digest(hash, &[message]);
+    pkcs1v15_encoding(hash, &digest, em.len())
+        .is_some_and(|expected| crate::crypto::constant_time_eq(&expected, em))
+}
+
+/// Whether `em`, recovered with a modulus of `bits` bits, is a valid PSS encoding of
+/// `message`'s digest.
+pub(crate) fn pss_matches(hash: Hash, message: &[u8], em: &[u8], bits: usize) -> bool {
+    let digest = digest(hash, &[message]);
+    emsa_pss_verify(hash, &digest, em, bits - 1)
 }
 
 pub(crate) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -167,7 +175,7 @@ fn hash_len(hash: Hash) -> usize {
 
 /// The hash of the concatenation of `parts`. The small SHA-2 implementations the HMAC
 /// algorithms already use: no second copy of SHA-2 in the module for RSA.
-pub(crate) fn digest(hash: Hash, parts: &[&[u8]]) -> Vec<u8> {
+fn digest(hash: Hash, parts: &[&[u8]]) -> Vec<u8> {
     match hash {
         Hash::Sha256 => {
             let mut hasher = hmac_sha256::Hash::new();
@@ -207,7 +215,7 @@ fn digest_info_prefix(hash: Hash) -> &'static [u8] {
 
 /// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2): `0x00 0x01 FF..FF 0x00 DigestInfo`, `k` bytes
 /// long, or `None` if `k` leaves fewer than 8 bytes of padding.
-pub(crate) fn pkcs1v15_encoding(hash: Hash, digest: &[u8], k: usize) -> Option<Vec<u8>> {
+fn pkcs1v15_encoding(hash: Hash, digest: &[u8], k: usize) -> Option<Vec<u8>> {
     let prefix = digest_info_prefix(hash);
     let padding = k.checked_sub(prefix.len() + digest.len() + 3)?;
     if padding < 8 {
@@ -234,7 +242,7 @@ fn mgf1_xor(hash: Hash, seed: &[u8], out: &mut [u8]) {
 
 /// EMSA-PSS-VERIFY (RFC 8017 §9.1.2) with sLen = hLen. `k_bytes` is the output of
 /// RSAVP1 as `k` bytes; `em_bits` is modBits - 1.
-pub(crate) fn emsa_pss_verify(hash: Hash, m_hash: &[u8], k_bytes: &[u8], em_bits: usize) -> bool {
+fn emsa_pss_verify(hash: Hash, m_hash: &[u8], k_bytes: &[u8], em_bits: usize) -> bool {
     let h_len = hash_len(hash);
     let s_len = h_len;
     let em_len = em_bits.div_ceil(8);

@@ -6,8 +6,8 @@
 
 use crate::alg::Hash;
 use crate::rsa_verify::{
-    bit_length, digest, emsa_pss_verify, exponent, pkcs1v15_encoding, strip_leading_zeros,
-    KeyError, MAX_BITS, MIN_BITS,
+    bit_length, exponent, pkcs1v15_matches, pss_matches, strip_leading_zeros, KeyError, MAX_BITS,
+    MIN_BITS,
 };
 use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
 use crypto_bigint::{Odd, Uint, Word, U2048, U3072, U4096};
@@ -86,22 +86,15 @@ impl RsaKey {
 
     /// RSASSA-PKCS1-v1_5 (RFC 8017 §8.2.2) with `hash` over `message`.
     pub fn verify_pkcs1v15(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = self.public_op(signature) else {
-            return false;
-        };
-        let digest = digest(hash, &[message]);
-        pkcs1v15_encoding(hash, &digest, self.len)
-            .is_some_and(|expected| crate::crypto::constant_time_eq(&expected, &em))
+        self.public_op(signature)
+            .is_some_and(|em| pkcs1v15_matches(hash, message, &em))
     }
 
     /// RSASSA-PSS (RFC 8017 §8.1.2) with `hash`, MGF1 with `hash`, and a salt as long as
     /// the hash output (RFC 7518 §3.5).
     pub fn verify_pss(&self, hash: Hash, message: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = self.public_op(signature) else {
-            return false;
-        };
-        let digest = digest(hash, &[message]);
-        emsa_pss_verify(hash, &digest, &em, self.bits - 1)
+        self.public_op(signature)
+            .is_some_and(|em| pss_matches(hash, message, &em, self.bits))
     }
 
     /// RSAVP1 (RFC 8017 §5.2.2) and I2OSP: `signature^e mod n` as `k` bytes, or `None` if
