@@ -103,7 +103,7 @@ AUDIENCE = "bench-api"
 TOKEN_LIFETIME_S = 7 * 86400
 # Tokens are reused across runs while they have at least this long left.
 TOKEN_MIN_LEFT_S = 86400
-FILTER_CACHE_ENTRIES = 4096  # src/cache.rs DEFAULT_MAX_ENTRIES, for the report
+FILTER_CACHE_ENTRIES = 4096  # src/token/cache.rs DEFAULT_MAX_ENTRIES, for the report
 NATIVE_CACHE_SIZE = 10000
 
 # Targets (the issue's). Ratios are of mean req/s.

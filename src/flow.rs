@@ -1,15 +1,15 @@
 //! The per-request decision: a request and the time in, a [`Decision`] out (header
 //! edits or a refusal, counters to move). No SDK types; the host applies the result.
 
-use crate::cache::{Entry, Identity, TokenCache};
 use crate::config::{Config, KeySource, Provider};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
-use crate::extract::{Found, HeaderEdit, Request};
-use crate::jwks::KeySet;
-use crate::jwt;
-use crate::rules::{first_match, AuthnRequirement, RuleAction};
+use crate::policy::rules::{first_match, AuthnRequirement, RuleAction};
 use crate::stats::Counter;
+use crate::token::cache::{Entry, Identity, TokenCache};
+use crate::token::extract::{Found, HeaderEdit, Request};
+use crate::token::jwks::KeySet;
+use crate::token::jwt;
 use std::rc::Rc;
 
 /// What to do with the request.
@@ -304,8 +304,8 @@ fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use crate::testutil::*;
+    use crate::token::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use serde_json::{json, Value};
 
     fn config(doc: Value) -> Config {
@@ -660,8 +660,8 @@ mod tests {
 #[cfg(test)]
 mod remote_tests {
     use super::*;
-    use crate::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use crate::testutil::*;
+    use crate::token::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use serde_json::json;
     use std::cell::Cell;
 

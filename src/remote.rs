@@ -3,7 +3,7 @@
 //! to back off, and the records workers share. Times are milliseconds since the epoch,
 //! passed in.
 
-use crate::jwks::{JwksError, KeySet, Parsed, MAX_JWKS_BYTES};
+use crate::token::jwks::{JwksError, KeySet, Parsed, MAX_JWKS_BYTES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

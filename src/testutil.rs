@@ -1,7 +1,7 @@
 //! Shared test fixtures: the keys in tests/fixtures/keys and token builders.
 
-use crate::jwks::KeySet;
-use crate::sign::SigningKey;
+use crate::crypto::sign::SigningKey;
+use crate::token::jwks::KeySet;
 use serde_json::{json, Value};
 
 pub const NOW: u64 = 1_800_000_000;

@@ -15,8 +15,8 @@ mod support;
 use serde_json::{json, Value};
 use support::keys::{KID_HS256, KID_PS256, KID_RS256};
 use support::{keys, now, Envoy, Response, Upstream};
-use tokengate::alg::{Alg, Hash};
-use tokengate::sign::{hmac, SigningKey};
+use tokengate::crypto::alg::{Alg, Hash};
+use tokengate::crypto::sign::{hmac, SigningKey};
 
 const REALM: &str = "api";
 const ISSUER: &str = "https://idp.example.com/realms/demo";
@@ -154,9 +154,9 @@ fn sign_with_header(key: &SigningKey, header: &Value, claims: &Value) -> String 
 fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
     format!(
         "{}.{}.{}",
-        tokengate::b64::encode(header.to_string().as_bytes()),
-        tokengate::b64::encode(claims.to_string().as_bytes()),
-        tokengate::b64::encode(signature)
+        tokengate::crypto::b64::encode(header.to_string().as_bytes()),
+        tokengate::crypto::b64::encode(claims.to_string().as_bytes()),
+        tokengate::crypto::b64::encode(signature)
     )
 }
 
@@ -164,11 +164,11 @@ fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
 fn hs256_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
     let input = format!(
         "{}.{}",
-        tokengate::b64::encode(header.to_string().as_bytes()),
-        tokengate::b64::encode(claims.to_string().as_bytes())
+        tokengate::crypto::b64::encode(header.to_string().as_bytes()),
+        tokengate::crypto::b64::encode(claims.to_string().as_bytes())
     );
     let mac = hmac(Hash::Sha256, secret, input.as_bytes());
-    format!("{input}.{}", tokengate::b64::encode(&mac))
+    format!("{input}.{}", tokengate::crypto::b64::encode(&mac))
 }
 
 fn bearer(token: &str) -> String {
@@ -378,8 +378,8 @@ fn valid_rs256_token_reaches_upstream_with_identity_headers_and_without_the_toke
         "payload_header is the token's payload segment"
     );
     assert!(!payload.contains('='), "base64url without padding");
-    let decoded =
-        tokengate::b64::decode(payload.as_bytes()).expect("payload header is strict base64url");
+    let decoded = tokengate::crypto::b64::decode(payload.as_bytes())
+        .expect("payload header is strict base64url");
     let decoded: Value = serde_json::from_slice(&decoded).expect("payload header is JSON");
     assert_eq!(
         decoded, claims,
@@ -692,7 +692,7 @@ fn invalid_tokens_are_refused_with_invalid_token_and_never_reach_upstream() {
 
     let valid = sign(&k.rs256, &good);
     let mut parts: Vec<&str> = valid.split('.').collect();
-    let forged_payload = tokengate::b64::encode(
+    let forged_payload = tokengate::crypto::b64::encode(
         with(good.clone(), json!({"sub": "admin"}))
             .to_string()
             .as_bytes(),
@@ -721,12 +721,13 @@ fn invalid_tokens_are_refused_with_invalid_token_and_never_reach_upstream() {
         too_long.len()
     );
 
-    let n_bytes = tokengate::b64::decode(rsa_public["n"].as_str().unwrap().as_bytes()).unwrap();
+    let n_bytes =
+        tokengate::crypto::b64::decode(rsa_public["n"].as_str().unwrap().as_bytes()).unwrap();
     let hs_rsa_header = json!({"alg": "HS256", "typ": "JWT", "kid": KID_RS256});
     let hs_no_kid = json!({"alg": "HS256", "typ": "JWT"});
     let hs_good = with(good.clone(), json!({"iss": HS_ISSUER}));
     let padded = {
-        let header = tokengate::b64::encode(br#"{"alg":"RS256","kid":"rsa-1"}"#);
+        let header = tokengate::crypto::b64::encode(br#"{"alg":"RS256","kid":"rsa-1"}"#);
         format!("{header}=.{}", valid.split_once('.').unwrap().1)
     };
 
@@ -1124,7 +1125,7 @@ fn every_algorithm_family_verifies_end_to_end() {
         let sub = format!("user-{alg}");
         let token = sign(key, &with(corp_claims(&sub), json!({"iss": issuer})));
         let token_header: Value = serde_json::from_slice(
-            &tokengate::b64::decode(token.split('.').next().unwrap().as_bytes()).unwrap(),
+            &tokengate::crypto::b64::decode(token.split('.').next().unwrap().as_bytes()).unwrap(),
         )
         .unwrap();
         assert_eq!(token_header["alg"], alg);

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::idp::{Idp, Mode};
 use support::keepalive::Connection;
 use support::{keys, now, Envoy, Response, Upstream};
-use tokengate::alg::Alg;
-use tokengate::sign::{generate_jwk, SigningKey};
+use tokengate::crypto::alg::Alg;
+use tokengate::crypto::sign::{generate_jwk, SigningKey};
 
 const REALM: &str = "api";
 const ISSUER: &str = "https://idp.example.com/realms/remote";

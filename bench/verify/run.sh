@@ -2,7 +2,7 @@
 # Verification micro-benchmark inside the wasm runtime: builds bench/verify for
 # wasm32-wasip1 and natively, runs the suite inside Envoy's V8 (a bootstrap wasm service:
 # no listener, no admin, nothing bound) and natively, and prints one table: the filter's
-# verification (src/crypto.rs, src/rsa_verify.rs) beside the paths it replaced.
+# verification (src/crypto/mod.rs, src/crypto/rsa_verify.rs) beside the paths it replaced.
 #
 #   bench/verify/run.sh [--starts N] [--rounds N] [--round-ms MS] [--cpubits32] [--opt3]
 #                       [--no-native] [--gen]

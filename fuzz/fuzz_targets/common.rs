@@ -11,7 +11,7 @@ pub fn public_jwks() -> serde_json::Value {
         .map(|name| {
             let path = format!("{}/../tests/fixtures/keys/{name}.jwk", env!("CARGO_MANIFEST_DIR"));
             let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-            tokengate::sign::SigningKey::from_jwk(&jwk).unwrap().public_jwk()
+            tokengate::crypto::sign::SigningKey::from_jwk(&jwk).unwrap().public_jwk()
         })
         .collect();
     serde_json::json!({ "keys": keys })

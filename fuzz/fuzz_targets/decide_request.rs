@@ -4,9 +4,9 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use tokengate::cache::TokenCache;
+use tokengate::token::cache::TokenCache;
 use tokengate::config::Config;
-use tokengate::extract::Request;
+use tokengate::token::extract::Request;
 use tokengate::flow::{decide, NoRemoteKeys};
 
 thread_local! {

@@ -4,9 +4,9 @@
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokengate::alg::Alg;
 use tokengate::config::Config;
-use tokengate::sign::{generate_jwk, SigningKey};
+use tokengate::crypto::alg::Alg;
+use tokengate::crypto::sign::{generate_jwk, SigningKey};
 
 const USAGE: &str = "\
 usage:

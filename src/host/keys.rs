@@ -5,12 +5,12 @@
 use super::metrics::Metrics;
 use crate::config::{Config, KeySource};
 use crate::flow::{Keyring, Keys};
-use crate::jwks::{KeySet, MAX_JWKS_BYTES};
 use crate::remote::{
     backoff_ms, fetch_due, fetch_request, read_discovery, read_jwks, ttl_secs, FetchError,
     FetchReason, Lease, Location, RemoteSpec, SharedKeys, Uri, MAX_DISCOVERY_BYTES,
 };
 use crate::stats::Counter;
+use crate::token::jwks::{KeySet, MAX_JWKS_BYTES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
 use std::cell::{Cell, RefCell};

@@ -4,8 +4,8 @@
 use super::http::{resume_waiter, Http, Waiter};
 use super::keys::KeyStore;
 use super::metrics::Metrics;
-use crate::cache::{TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::config::Config;
+use crate::token::cache::{TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};

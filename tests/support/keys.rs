@@ -4,8 +4,8 @@
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokengate::alg::Alg;
-use tokengate::sign::{generate_jwk, SigningKey};
+use tokengate::crypto::alg::Alg;
+use tokengate::crypto::sign::{generate_jwk, SigningKey};
 
 /// Key ids as they appear in the configured JWKS.
 pub const KID_RS256: &str = "rsa-1";

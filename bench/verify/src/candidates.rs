@@ -1,7 +1,7 @@
 //! The paths the filter used before (the `rsa` crate, ed25519-compact) and other
 //! candidates, to measure beside the filter's own `PublicKey::verify`.
 
-use crate::alg::{Alg, Hash};
+use crate::crypto::alg::{Alg, Hash};
 use sha2::Digest;
 
 /// RS*/PS* with the `rsa` crate (num-bigint-dig, u64 digits), as src/crypto.rs did before.

@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
 mod native {
     use serde_json::{json, Value};
     use std::time::Instant;
-    use tokengate::sign::SigningKey;
+    use tokengate::crypto::sign::SigningKey;
     use tokengate_verify_bench::suite::{self, Settings};
 
     pub fn run(args: &[String]) -> Result<(), String> {
@@ -181,7 +181,7 @@ mod native {
         use rsa::traits::{PrivateKeyParts, PublicKeyParts};
         let key =
             rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| e.to_string())?;
-        let b = |x: &rsa::BigUint| tokengate::b64::encode(&x.to_bytes_be());
+        let b = |x: &rsa::BigUint| tokengate::crypto::b64::encode(&x.to_bytes_be());
         let primes = key.primes();
         let (Some(p), Some(q)) = (primes.first(), primes.get(1)) else {
             return Err("no primes".into());

@@ -4,8 +4,8 @@
 //! the `pow` rows time it alone); key checks and the PKCS#1 v1.5 / PSS encodings are the
 //! filter's own, from src/rsa_verify.rs.
 
-use crate::alg::Hash;
-use crate::rsa_verify::{
+use crate::crypto::alg::Hash;
+use crate::crypto::rsa_verify::{
     bit_length, exponent, pkcs1v15_matches, pss_matches, strip_leading_zeros, KeyError, MAX_BITS,
     MIN_BITS,
 };

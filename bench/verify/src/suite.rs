@@ -1,10 +1,11 @@
 //! The suite: every vector × every implementation that can verify it × {key parse, valid
 //! signature, bad signature}, each timed in rounds with a clock passed in (nanoseconds).
 
-use crate::alg::Alg;
 use crate::candidates;
-use crate::jwks::KeySet;
-use crate::{mont_variants, montgomery, old_rsa_verify};
+use crate::crypto::alg::Alg;
+use crate::crypto::montgomery;
+use crate::token::jwks::KeySet;
+use crate::{mont_variants, old_rsa_verify};
 
 /// The filter's RSA path before src/montgomery.rs: crypto-bigint's fixed widths.
 const CRYPTO_BIGINT_OLD: &str = "crypto-bigint (old)";
@@ -84,7 +85,7 @@ fn vectors(json: &str) -> Result<Vec<Vector>, String> {
                     .ok_or(format!("vector without {name}"))
             };
             let signature =
-                crate::b64::decode(text("signature")?.as_bytes()).ok_or("bad signature")?;
+                crate::crypto::b64::decode(text("signature")?.as_bytes()).ok_or("bad signature")?;
             Ok(Vector {
                 name: text("name")?.to_owned(),
                 alg: Alg::from_name(text("alg")?).ok_or("unknown alg")?,
@@ -139,7 +140,7 @@ fn measure(
 fn member(jwk: &Value, name: &str) -> Vec<u8> {
     jwk.get(name)
         .and_then(Value::as_str)
-        .and_then(|s| crate::b64::decode(s.as_bytes()))
+        .and_then(|s| crate::crypto::b64::decode(s.as_bytes()))
         .unwrap_or_default()
 }
 
@@ -295,7 +296,7 @@ pub fn run(
                     ("tables w5/w5", 5, 5),
                     ("tables w6/w6", 6, 6),
                 ] {
-                    use crate::p256_verify::{verify_with_tables, FixedBaseTable};
+                    use crate::crypto::p256_verify::{verify_with_tables, FixedBaseTable};
                     let point = p256::ProjectivePoint::from(*old.as_affine());
                     let key = FixedBaseTable::new(point, key_bits);
                     let generator =
@@ -309,7 +310,8 @@ pub fn run(
                 for (name, bits) in [("table w4", 4), ("table w5", 5), ("table w6", 6)] {
                     let point = p256::ProjectivePoint::from(*old.as_affine());
                     row(name, "parse key", true, &|| {
-                        crate::p256_verify::FixedBaseTable::new(point, bits).size_bytes() > 0
+                        crate::crypto::p256_verify::FixedBaseTable::new(point, bits).size_bytes()
+                            > 0
                     });
                 }
                 let lib = candidates::libcrux_es256_key(&x, &y).ok_or("libcrux refused the key")?;
@@ -338,7 +340,7 @@ fn ed25519_candidates(
     good: &[u8],
     row: &mut RecordRow<'_>,
 ) -> Result<(), String> {
-    use crate::ed25519_verify::{verify_with_tables, FixedBaseTable};
+    use crate::crypto::ed25519_verify::{verify_with_tables, FixedBaseTable};
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, ED25519_BASEPOINT_TABLE};
     let key_bytes: [u8; 32] = x.try_into().map_err(|_| "x is not 32 bytes")?;
     let minus_key = -curve25519_dalek::edwards::CompressedEdwardsY(key_bytes)

@@ -1,17 +1,17 @@
 //! Key sets: parse a JWKS with hygiene, index by `kid`. Never fetches: where the bytes
 //! come from (inline config, an HTTP callout) is someone else's business.
 
-use crate::alg::Alg;
-use crate::b64;
+use crate::crypto::alg::Alg;
+use crate::crypto::b64;
+use crate::crypto::rsa_verify::{KeyError, RsaKey};
 use crate::crypto::{Ed25519Key, P256Key, PublicKey};
-use crate::rsa_verify::{KeyError, RsaKey};
 use serde_json::Value;
 
 /// The most bytes of JWKS JSON we parse; checked before parsing.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// The most keys a set keeps; later ones are skipped.
 pub const MAX_KEYS: usize = 64;
-const MIN_RSA_BITS: usize = crate::rsa_verify::MIN_BITS;
+const MIN_RSA_BITS: usize = crate::crypto::rsa_verify::MIN_BITS;
 
 /// One usable verification key.
 #[derive(Debug, Clone)]

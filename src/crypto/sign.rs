@@ -3,8 +3,8 @@
 //! the gateway's own minted tokens will need a wasm-side ES256/EdDSA signer. Verification
 //! never goes through here.
 
-use crate::alg::{Alg, Hash};
-use crate::b64;
+use crate::crypto::alg::{Alg, Hash};
+use crate::crypto::b64;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 

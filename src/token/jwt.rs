@@ -5,10 +5,10 @@
 //! issuer, audience, time) is checked before a key is looked up, so a token that would
 //! be refused anyway never costs a signature check or a JWKS refetch.
 
-use crate::alg::Alg;
-use crate::b64;
+use crate::crypto::alg::Alg;
+use crate::crypto::b64;
 use crate::error::AuthnError;
-use crate::jwks::KeySet;
+use crate::token::jwks::KeySet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -243,7 +243,8 @@ mod tests {
     fn oracle_accepts(name: &str, token: &str) -> bool {
         use jwt_simple::prelude::*;
         let public = signing_key(name).public_jwk();
-        let b = |m: &str| crate::b64::decode(public[m].as_str().unwrap().as_bytes()).unwrap();
+        let b =
+            |m: &str| crate::crypto::b64::decode(public[m].as_str().unwrap().as_bytes()).unwrap();
         let options = VerificationOptions {
             time_tolerance: Some(Duration::from_hours(24)),
             artificial_time: Some(UnixTimeStamp::from_secs(NOW)),
@@ -312,9 +313,9 @@ mod tests {
         for (name, _) in FAMILIES {
             let token = token(name, &good_claims());
             let (input, sig) = token.rsplit_once('.').unwrap();
-            let mut sig_bytes = crate::b64::decode(sig.as_bytes()).unwrap();
+            let mut sig_bytes = crate::crypto::b64::decode(sig.as_bytes()).unwrap();
             sig_bytes[3] ^= 0x01;
-            let flipped = format!("{input}.{}", crate::b64::encode(&sig_bytes));
+            let flipped = format!("{input}.{}", crate::crypto::b64::encode(&sig_bytes));
             assert_eq!(
                 check(&flipped).unwrap_err(),
                 AuthnError::BadSignature,
@@ -325,7 +326,7 @@ mod tests {
             let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
             let mut claims = good_claims();
             claims["sub"] = json!("mallory");
-            parts[1] = crate::b64::encode(claims.to_string().as_bytes());
+            parts[1] = crate::crypto::b64::encode(claims.to_string().as_bytes());
             let swapped = parts.join(".");
             assert_eq!(
                 check(&swapped).unwrap_err(),
@@ -341,11 +342,14 @@ mod tests {
         for (name, _) in FAMILIES {
             let token = token(name, &good_claims());
             let (input, sig) = token.rsplit_once('.').unwrap();
-            let bytes = crate::b64::decode(sig.as_bytes()).unwrap();
-            let short = format!("{input}.{}", crate::b64::encode(&bytes[..bytes.len() - 1]));
+            let bytes = crate::crypto::b64::decode(sig.as_bytes()).unwrap();
+            let short = format!(
+                "{input}.{}",
+                crate::crypto::b64::encode(&bytes[..bytes.len() - 1])
+            );
             let long = format!(
                 "{input}.{}",
-                crate::b64::encode(&[bytes.as_slice(), &[0]].concat())
+                crate::crypto::b64::encode(&[bytes.as_slice(), &[0]].concat())
             );
             assert_eq!(
                 check(&short).unwrap_err(),
@@ -483,8 +487,8 @@ mod tests {
 
     #[test]
     fn alg_none_is_refused_and_the_oracle_agrees() {
-        let header = crate::b64::encode(br#"{"alg":"none","kid":"rs256"}"#);
-        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        let header = crate::crypto::b64::encode(br#"{"alg":"none","kid":"rs256"}"#);
+        let payload = crate::crypto::b64::encode(good_claims().to_string().as_bytes());
         let t = format!("{header}.{payload}.");
         assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
         assert!(!oracle_accepts("rs256", &t));
@@ -493,15 +497,19 @@ mod tests {
     #[test]
     fn hs256_signed_with_the_rsa_public_key_is_refused() {
         let public = signing_key("rs256").public_jwk();
-        let header = crate::b64::encode(br#"{"alg":"HS256","kid":"rs256"}"#);
-        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        let header = crate::crypto::b64::encode(br#"{"alg":"HS256","kid":"rs256"}"#);
+        let payload = crate::crypto::b64::encode(good_claims().to_string().as_bytes());
         let input = format!("{header}.{payload}");
         for secret in [
             public.to_string().into_bytes(),
-            crate::b64::decode(public["n"].as_str().unwrap().as_bytes()).unwrap(),
+            crate::crypto::b64::decode(public["n"].as_str().unwrap().as_bytes()).unwrap(),
         ] {
-            let mac = crate::sign::hmac(crate::alg::Hash::Sha256, &secret, input.as_bytes());
-            let t = format!("{input}.{}", crate::b64::encode(&mac));
+            let mac = crate::crypto::sign::hmac(
+                crate::crypto::alg::Hash::Sha256,
+                &secret,
+                input.as_bytes(),
+            );
+            let t = format!("{input}.{}", crate::crypto::b64::encode(&mac));
             assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
         }
     }
@@ -524,7 +532,7 @@ mod tests {
         // rs256's JWK says alg RS256; a PS256 signature by the same private key is refused.
         let mut jwk = private_jwk("rs256");
         jwk["alg"] = json!("PS256");
-        let ps_signer = crate::sign::SigningKey::from_jwk(&jwk).unwrap();
+        let ps_signer = crate::crypto::sign::SigningKey::from_jwk(&jwk).unwrap();
         let t = ps_signer.sign(&good_claims()).unwrap();
         assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
     }
@@ -597,18 +605,18 @@ mod tests {
             format!("{t}.extra"),
             format!(
                 "{}.{}.x",
-                crate::b64::encode(b"[1]"),
-                crate::b64::encode(b"{}")
+                crate::crypto::b64::encode(b"[1]"),
+                crate::crypto::b64::encode(b"{}")
             ),
             format!(
                 "{}.{}.x",
-                crate::b64::encode(br#"{"alg":"ES256"}"#),
-                crate::b64::encode(b"[1,2]")
+                crate::crypto::b64::encode(br#"{"alg":"ES256"}"#),
+                crate::crypto::b64::encode(b"[1,2]")
             ),
             format!(
                 "{}.{}.x",
-                crate::b64::encode(br#"{"alg":"ES256","kid":5}"#),
-                crate::b64::encode(b"{}")
+                crate::crypto::b64::encode(br#"{"alg":"ES256","kid":5}"#),
+                crate::crypto::b64::encode(b"{}")
             ),
         ] {
             assert_eq!(check(&bad).unwrap_err(), AuthnError::Malformed, "{bad}");
@@ -617,8 +625,8 @@ mod tests {
 
     #[test]
     fn duplicate_alg_in_the_header_is_malformed() {
-        let header = crate::b64::encode(br#"{"alg":"HS256","alg":"ES256","kid":"es256"}"#);
-        let payload = crate::b64::encode(good_claims().to_string().as_bytes());
+        let header = crate::crypto::b64::encode(br#"{"alg":"HS256","alg":"ES256","kid":"es256"}"#);
+        let payload = crate::crypto::b64::encode(good_claims().to_string().as_bytes());
         assert_eq!(
             check(&format!("{header}.{payload}.AAAA")).unwrap_err(),
             AuthnError::Malformed

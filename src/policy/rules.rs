@@ -1,6 +1,6 @@
 //! Rules: which requests need which authentication. First match wins.
 
-use crate::extract::{Reads, Request};
+use crate::token::extract::{Reads, Request};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {

@@ -3,7 +3,7 @@
 //! ed25519-dalek's `verify_strict` computes `[S]B - [k]A` with curve25519-dalek's
 //! `vartime_double_scalar_mul_basepoint`: ~253 doublings per call. Keys are reused for many
 //! tokens, so here each key, and the basepoint once, gets a fixed-base table of its
-//! multiples `d·2^(w·i)·P`, as in [`crate::p256_verify`]: a 253-bit multiplication is then
+//! multiples `d·2^(w·i)·P`, as in [`crate::crypto::p256_verify`]: a 253-bit multiplication is then
 //! one addition per w-bit window and (almost) no doubling. Only curve25519-dalek's public
 //! API is used: `EdwardsPoint` in extended coordinates and its `Add`/`Sub` (mixed
 //! addition and doubling are private to the crate, so every step is a full addition, ~9
@@ -190,7 +190,7 @@ pub fn basepoint_table() -> &'static FixedBaseTable {
 /// of small order (the only way to build one is [`Ed25519Key::from_bytes`]), and the table
 /// of its negation, built at its first check.
 ///
-/// Lazily rather than when the JWKS is parsed, as for [`crate::p256_verify::P256Key`]: a
+/// Lazily rather than when the JWKS is parsed, as for [`crate::crypto::p256_verify::P256Key`]: a
 /// set holds up to 64 keys, each VM parses its own copy at start-up and at every refetch,
 /// and most keys of a set may never sign anything this filter sees.
 #[derive(Clone)]
@@ -613,8 +613,8 @@ mod tests {
     fn the_fixture_key_verifies_jwt_simple_tokens() {
         use jwt_simple::prelude::*;
         let jwk = crate::testutil::private_jwk("eddsa");
-        let seed = crate::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
-        let x = crate::b64::decode(jwk["x"].as_str().unwrap().as_bytes()).unwrap();
+        let seed = crate::crypto::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
+        let x = crate::crypto::b64::decode(jwk["x"].as_str().unwrap().as_bytes()).unwrap();
         let pair = Ed25519KeyPair::from_bytes(&[&seed[..], &x[..]].concat()).unwrap();
         let key = Ed25519Key::from_bytes(&x).unwrap();
         let x: [u8; 32] = x.try_into().unwrap();
@@ -623,7 +623,7 @@ mod tests {
                 .sign(Claims::create(Duration::from_mins(5)).with_subject(subject))
                 .unwrap();
             let (signed, signature) = token.rsplit_once('.').unwrap();
-            let signature = crate::b64::decode(signature.as_bytes()).unwrap();
+            let signature = crate::crypto::b64::decode(signature.as_bytes()).unwrap();
             assert!(key.verify(signed.as_bytes(), &signature));
             assert!(both(&x, signed.as_bytes(), &signature));
             assert!(!key.verify(&signed.as_bytes()[1..], &signature));

@@ -2,7 +2,7 @@
 //! whole token, so a different token can never hit; the lifetime is re-checked on every
 //! hit by the caller; only successes are stored.
 
-use crate::jwt::Lifetime;
+use crate::token::jwt::Lifetime;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};

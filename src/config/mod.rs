@@ -3,13 +3,13 @@
 //! `compile` into the validated [`Config`] the filter runs on. Every error names the
 //! field path it is about.
 
-use crate::alg::Alg;
-use crate::claims::{ClaimPath, Forward};
-use crate::extract::{Reads, Source};
-use crate::jwks::KeySet;
-use crate::jwt::{normalize_token_type, Policy};
+use crate::crypto::alg::Alg;
+use crate::policy::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
 use crate::remote::{self, Location, RemoteSpec, Uri};
-use crate::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
+use crate::token::claims::{ClaimPath, Forward};
+use crate::token::extract::{Reads, Source};
+use crate::token::jwks::KeySet;
+use crate::token::jwt::{normalize_token_type, Policy};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::rc::Rc;

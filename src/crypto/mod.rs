@@ -3,14 +3,25 @@
 //! here too, so the pinning can't be bypassed by a caller.
 //!
 //! The fast paths (measured in Envoy's V8 with bench/verify): RSA on crypto-bigint
-//! Montgomery arithmetic ([`crate::rsa_verify`]), Ed25519 on curve25519-dalek's arithmetic
-//! with per-key tables and ed25519-dalek's strict rules ([`crate::ed25519_verify`]), ES256
-//! on p256's arithmetic with per-key tables ([`crate::p256_verify`]), ES384 on p384.
+//! Montgomery arithmetic ([`crate::crypto::rsa_verify`]), Ed25519 on curve25519-dalek's arithmetic
+//! with per-key tables and ed25519-dalek's strict rules ([`crate::crypto::ed25519_verify`]), ES256
+//! on p256's arithmetic with per-key tables ([`crate::crypto::p256_verify`]), ES384 on p384.
 
-use crate::alg::{Alg, Hash};
-pub use crate::ed25519_verify::Ed25519Key;
-pub use crate::p256_verify::P256Key;
-pub use crate::rsa_verify::RsaKey;
+pub mod alg;
+pub mod b64;
+pub mod ed25519_verify;
+pub mod montgomery;
+pub mod p256_verify;
+pub mod rsa_verify;
+/// Signing needs the `cli` feature: the filter only verifies, so none of it ships in
+/// the .wasm.
+#[cfg(feature = "cli")]
+pub mod sign;
+
+use crate::crypto::alg::{Alg, Hash};
+pub use crate::crypto::ed25519_verify::Ed25519Key;
+pub use crate::crypto::p256_verify::P256Key;
+pub use crate::crypto::rsa_verify::RsaKey;
 
 /// Verification key material, already validated (curve point checked, RSA size checked).
 #[derive(Clone)]
@@ -198,11 +209,11 @@ mod tests {
         assert!(Ed25519Key::from_bytes(&[9; 31]).is_none());
         assert!(Ed25519Key::from_bytes(&[9; 33]).is_none());
         // A JWKS with such a key skips it as an invalid point.
-        let x = crate::b64::encode(&hex(weak[4]));
+        let x = crate::crypto::b64::encode(&hex(weak[4]));
         let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]});
         assert_eq!(
-            crate::jwks::KeySet::from_value(&jwks).unwrap_err(),
-            crate::jwks::JwksError::NoUsableKey
+            crate::token::jwks::KeySet::from_value(&jwks).unwrap_err(),
+            crate::token::jwks::JwksError::NoUsableKey
         );
     }
 
@@ -230,7 +241,7 @@ mod tests {
     #[test]
     fn ed25519_tampered_or_non_canonical_s_signatures_are_refused_like_ed25519_compact() {
         let jwk = crate::testutil::private_jwk("eddsa");
-        let seed = crate::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
+        let seed = crate::crypto::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
         let pair =
             ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::from_slice(&seed).unwrap());
         let message = b"eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhbGljZSJ9";

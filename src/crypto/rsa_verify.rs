@@ -1,6 +1,6 @@
 //! RSA signature verification for RS256/384/512 (RSASSA-PKCS1-v1_5) and PS256/384/512
 //! (RSASSA-PSS with MGF1 and a salt as long as the hash, RFC 7518 §3.5), on the
-//! hand-written Montgomery arithmetic of [`crate::montgomery`].
+//! hand-written Montgomery arithmetic of [`crate::crypto::montgomery`].
 //!
 //! Why not the `rsa` crate: its num-bigint-dig digits are u64, and in wasm32 every
 //! 64×64→128-bit product becomes a call, so one RS256 check cost 0.8–1.7 ms in Envoy's V8.
@@ -10,7 +10,7 @@
 //! TurboFan at start-up. The target is cold RS256 at half the speed of Envoy's native
 //! jwt_authn or better, which on the benchmark machine means ≲ 80 µs per check inside V8.
 //! On u32 limbs, `i64.mul` is the exact 32×32→64-bit product, so the limbs are native
-//! width: [`crate::montgomery`] is a small Montgomery multiplication on u32 limbs (CIOS;
+//! width: [`crate::crypto::montgomery`] is a small Montgomery multiplication on u32 limbs (CIOS;
 //! the variants measured are listed there), and one code path serves every modulus from
 //! 2048 to 4096 bits: the number of limbs is the key's.
 //!
@@ -25,8 +25,8 @@
 //! the leading byte, the unused top bits, the `0xbc` trailer, the zero padding and the
 //! `0x01` separator.
 
-use crate::alg::Hash;
-use crate::montgomery::Modulus;
+use crate::crypto::alg::Hash;
+use crate::crypto::montgomery::Modulus;
 
 /// The smallest modulus accepted, in bits.
 pub const MIN_BITS: usize = 2048;
@@ -298,7 +298,7 @@ mod tests {
     //! beside the new one, and they must agree; signatures are made by the `rsa` crate or,
     //! for malformed encodings, by the raw private operation `m^d mod n`.
     use super::*;
-    use crate::alg::Alg;
+    use crate::crypto::alg::Alg;
     use crate::crypto::PublicKey;
     use rsa::traits::{PrivateKeyParts, PublicKeyParts};
     use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
@@ -343,7 +343,7 @@ mod tests {
         let jwk = crate::testutil::private_jwk(name);
         let big = |m: &str| {
             BigUint::from_bytes_be(
-                &crate::b64::decode(jwk[m].as_str().unwrap().as_bytes()).unwrap(),
+                &crate::crypto::b64::decode(jwk[m].as_str().unwrap().as_bytes()).unwrap(),
             )
         };
         RsaPrivateKey::from_components(big("n"), big("e"), big("d"), vec![big("p"), big("q")])
@@ -603,7 +603,7 @@ mod tests {
         info[14] = if info[14] == 0x01 { 0x02 } else { 0x01 };
         cases.push(("another hash's OID", encode_with_info(&info, digest, k)));
         // The right shape over another message's digest.
-        let other = crate::rsa_verify::digest(hash, &[b"another message"]);
+        let other = crate::crypto::rsa_verify::digest(hash, &[b"another message"]);
         cases.push((
             "digest of another message",
             pkcs1v15_encoding(hash, &other, k).unwrap(),
@@ -970,10 +970,10 @@ mod tests {
 
     #[test]
     fn tokens_signed_with_larger_keys_verify_and_jwt_simple_agrees() {
-        use crate::jwks::KeySet;
-        use crate::jwt::{verify, Policy};
-        use crate::sign::SigningKey;
+        use crate::crypto::sign::SigningKey;
         use crate::testutil::{good_claims, ISSUER, NOW};
+        use crate::token::jwks::KeySet;
+        use crate::token::jwt::{verify, Policy};
         use jwt_simple::prelude::*;
         use serde_json::json;
 
@@ -993,7 +993,7 @@ mod tests {
                 ..Default::default()
             })
         };
-        let b64 = |x: &BigUint| crate::b64::encode(&x.to_bytes_be());
+        let b64 = |x: &BigUint| crate::crypto::b64::encode(&x.to_bytes_be());
         for bits in [3072, 4096] {
             let pair = pair(bits);
             let key = &pair.private;
@@ -1008,9 +1008,9 @@ mod tests {
                     .set;
                 let token = signer.sign(&good_claims()).unwrap();
                 let (input, sig) = token.rsplit_once('.').unwrap();
-                let mut sig = crate::b64::decode(sig.as_bytes()).unwrap();
+                let mut sig = crate::crypto::b64::decode(sig.as_bytes()).unwrap();
                 sig[bits / 16] ^= 0x10;
-                let tampered = format!("{input}.{}", crate::b64::encode(&sig));
+                let tampered = format!("{input}.{}", crate::crypto::b64::encode(&sig));
                 for (token, valid) in [(&token, true), (&tampered, false)] {
                     assert_eq!(
                         verify(token, &policy, &keys, NOW).is_ok(),

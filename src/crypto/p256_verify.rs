@@ -541,15 +541,15 @@ mod tests {
     fn the_fixture_key_verifies_jwt_simple_tokens() {
         use jwt_simple::prelude::*;
         let jwk = crate::testutil::private_jwk("es256");
-        let d = crate::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
+        let d = crate::crypto::b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
         let pair = ES256KeyPair::from_bytes(&d).unwrap();
         let token = pair
             .sign(Claims::create(Duration::from_mins(5)).with_subject("alice"))
             .unwrap();
         let (signed, signature) = token.rsplit_once('.').unwrap();
-        let signature = crate::b64::decode(signature.as_bytes()).unwrap();
-        let x = crate::b64::decode(jwk["x"].as_str().unwrap().as_bytes()).unwrap();
-        let y = crate::b64::decode(jwk["y"].as_str().unwrap().as_bytes()).unwrap();
+        let signature = crate::crypto::b64::decode(signature.as_bytes()).unwrap();
+        let x = crate::crypto::b64::decode(jwk["x"].as_str().unwrap().as_bytes()).unwrap();
+        let y = crate::crypto::b64::decode(jwk["y"].as_str().unwrap().as_bytes()).unwrap();
         let point = [&[4u8][..], &x, &y].concat();
         let key = P256Key::from_sec1_bytes(&point).unwrap();
         assert!(key.verify(signed.as_bytes(), &signature));
