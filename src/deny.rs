@@ -20,13 +20,10 @@ impl Deny {
                 www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
                 body: body("unauthorized", AuthnError::Missing.description()),
             },
-            Refusal::Authn(AuthnError::KeysUnavailable) => Deny {
+            Refusal::Authn(e) if e.is_unavailable() => Deny {
                 status: 503,
                 www_authenticate: None,
-                body: body(
-                    "temporarily_unavailable",
-                    AuthnError::KeysUnavailable.description(),
-                ),
+                body: body("temporarily_unavailable", e.description()),
             },
             Refusal::Authn(e) => Deny {
                 status: 401,
@@ -81,6 +78,18 @@ mod tests {
         let deny = Deny::for_refusal(Refusal::Authn(AuthnError::KeysUnavailable), "api");
         assert_eq!(deny.status, 503);
         assert_eq!(deny.www_authenticate, None);
+    }
+
+    #[test]
+    fn exchange_unavailable_is_503_and_inactive_is_invalid_token() {
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::ExchangeUnavailable), "api");
+        assert_eq!((deny.status, deny.www_authenticate), (503, None));
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::Inactive), "api");
+        assert_eq!(deny.status, 401);
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token inactive or revoked\"")
+        );
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub enum AuthnError {
     AudienceNotAllowed,
     /// No usable key set yet (first fetch pending or failed).
     KeysUnavailable,
+    /// The auth service says the opaque token or session is not active (unknown,
+    /// expired, revoked; RFC 8693 `invalid_grant`).
+    Inactive,
+    /// A token shaped like a JWT where only exchanges apply: JWTs go to providers.
+    UnexpectedJwt,
+    /// The auth service could not answer (down, slow, refusing the gateway, garbage).
+    ExchangeUnavailable,
 }
 
 impl AuthnError {
@@ -53,6 +60,9 @@ impl AuthnError {
             AuthnError::IssuerNotAllowed => "issuer",
             AuthnError::AudienceNotAllowed => "audience",
             AuthnError::KeysUnavailable => "keys_unavailable",
+            AuthnError::Inactive => "inactive",
+            AuthnError::UnexpectedJwt => "unexpected_jwt",
+            AuthnError::ExchangeUnavailable => "exchange_unavailable",
         }
     }
 
@@ -73,6 +83,9 @@ impl AuthnError {
             AuthnError::IssuerNotAllowed => "issuer not allowed",
             AuthnError::AudienceNotAllowed => "audience not allowed",
             AuthnError::KeysUnavailable => "signing keys unavailable",
+            AuthnError::Inactive => "token inactive or revoked",
+            AuthnError::UnexpectedJwt => "a JWT is not accepted here",
+            AuthnError::ExchangeUnavailable => "authorization service unavailable",
         }
     }
 
@@ -84,9 +97,43 @@ impl AuthnError {
             AuthnError::Missing => 0,
             AuthnError::IssuerNotAllowed => 1,
             AuthnError::UnknownKid | AuthnError::AlgNotAllowed => 2,
-            AuthnError::KeysUnavailable => 4,
+            AuthnError::KeysUnavailable | AuthnError::ExchangeUnavailable => 4,
             _ => 3,
         }
+    }
+
+    /// Every variant, for reading a reason back (shared exchange records store it).
+    pub const ALL: [AuthnError; 17] = [
+        AuthnError::Missing,
+        AuthnError::TooLong,
+        AuthnError::Malformed,
+        AuthnError::AlgNotAllowed,
+        AuthnError::CritUnsupported,
+        AuthnError::TokenTypeNotAllowed,
+        AuthnError::UnknownKid,
+        AuthnError::BadSignature,
+        AuthnError::Expired,
+        AuthnError::NotYetValid,
+        AuthnError::MissingExp,
+        AuthnError::IssuerNotAllowed,
+        AuthnError::AudienceNotAllowed,
+        AuthnError::KeysUnavailable,
+        AuthnError::Inactive,
+        AuthnError::UnexpectedJwt,
+        AuthnError::ExchangeUnavailable,
+    ];
+
+    /// The variant whose `reason()` this is.
+    pub fn from_reason(reason: &str) -> Option<AuthnError> {
+        AuthnError::ALL.into_iter().find(|e| e.reason() == reason)
+    }
+
+    /// Answered with 503, not 401: the fault is the gateway's, not the token's.
+    pub fn is_unavailable(self) -> bool {
+        matches!(
+            self,
+            AuthnError::KeysUnavailable | AuthnError::ExchangeUnavailable
+        )
     }
 }
 
@@ -114,24 +161,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_are_stat_safe_identifiers() {
-        let all = [
-            AuthnError::Missing,
-            AuthnError::TooLong,
-            AuthnError::Malformed,
-            AuthnError::AlgNotAllowed,
-            AuthnError::CritUnsupported,
-            AuthnError::TokenTypeNotAllowed,
-            AuthnError::UnknownKid,
-            AuthnError::BadSignature,
-            AuthnError::Expired,
-            AuthnError::NotYetValid,
-            AuthnError::MissingExp,
-            AuthnError::IssuerNotAllowed,
-            AuthnError::AudienceNotAllowed,
-            AuthnError::KeysUnavailable,
-        ];
-        for e in all {
+    fn reasons_are_stat_safe_identifiers_and_read_back() {
+        for e in AuthnError::ALL {
+            assert_eq!(AuthnError::from_reason(e.reason()), Some(e));
             assert!(e
                 .reason()
                 .bytes()

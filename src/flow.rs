@@ -2,14 +2,20 @@
 //! edits or a refusal, counters to move). No SDK types; the host applies the result.
 
 use crate::config::{Config, KeySource, Provider};
+use crate::crypto::b64;
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
-use crate::policy::rules::{first_match, AuthnRequirement, RuleAction};
-use crate::stats::Counter;
-use crate::token::cache::{Entry, Identity, TokenCache};
+use crate::exchange::cache::{Cached, ExchangeCache};
+use crate::exchange::record::State;
+use crate::exchange::{Exchange, TokenKey};
+use crate::policy::rules::{first_match, Authenticator, AuthnRequirement, RuleAction};
+use crate::stats::{Counter, ExchangeEvent};
+use crate::token::cache::{Entry, Identity, TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
+use crate::token::extract::Source;
 use crate::token::extract::{Found, HeaderEdit, Request};
 use crate::token::jwks::KeySet;
 use crate::token::jwt;
+use serde_json::{Map, Value};
 use std::rc::Rc;
 
 /// What to do with the request.
@@ -19,9 +25,28 @@ pub enum Outcome {
     Forward(Vec<HeaderEdit>),
     /// Answer it here.
     Deny(Deny),
+    /// One of the filter's own endpoints (a minted-token JWKS) answers it.
+    Reply(Reply),
     /// Pause until these providers' keys change (first fetch, or a refetch for an
-    /// unknown `kid`) or a bound passes, then decide again with `waited = true`.
-    Wait(Vec<usize>),
+    /// unknown `kid`), these exchange answers arrive, or a bound passes; then decide
+    /// again with `waited = true`.
+    Wait(Waits),
+}
+
+/// A response of the filter's own, not a refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u32,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// What a paused request waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waits {
+    pub providers: Vec<usize>,
+    /// (exchange, token key): an answer all workers will see in shared data.
+    pub exchanges: Vec<(usize, TokenKey)>,
 }
 
 /// What the host knows about a remote provider's keys right now.
@@ -54,11 +79,83 @@ impl Keyring for NoRemoteKeys {
     }
 }
 
-/// Why one provider did not produce an identity.
+/// What all workers know about an opaque token (shared data, in the host).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// An answer: `State::Active` or `State::Refused`.
+    Answer(State),
+    /// A callout for it is under way (this worker's or another's); or was just started.
+    Pending,
+    /// No answer and none coming (the callout could not be made, or failed).
+    Unavailable,
+}
+
+/// The host's side of exchanges: shared answers, single-flight callouts.
+pub trait ExchangeStore {
+    /// The shared answer for `key`; when there is none and `may_start`, claims the
+    /// token's lease and starts the callout (then `Pending`).
+    fn lookup(&self, exchange: usize, key: TokenKey, token: &str, may_start: bool) -> Lookup;
+}
+
+/// An exchange store for configurations without exchanges (and for tests).
+pub struct NoExchanges;
+
+impl ExchangeStore for NoExchanges {
+    fn lookup(&self, _: usize, _: TokenKey, _: &str, _: bool) -> Lookup {
+        Lookup::Unavailable
+    }
+}
+
+/// The host services the flow consults.
+#[derive(Clone, Copy)]
+pub struct Services<'a> {
+    pub keyring: &'a dyn Keyring,
+    pub exchanges: &'a dyn ExchangeStore,
+}
+
+impl Services<'static> {
+    /// Inline keys only, no exchanges.
+    pub fn local() -> Services<'static> {
+        Services {
+            keyring: &NoRemoteKeys,
+            exchanges: &NoExchanges,
+        }
+    }
+}
+
+/// The VM's caches: verified JWTs, and exchange answers.
+#[derive(Debug)]
+pub struct Caches {
+    pub tokens: TokenCache,
+    pub exchanges: ExchangeCache,
+}
+
+impl Caches {
+    pub fn for_config(config: &Config) -> Caches {
+        let per_vm = u64::try_from(DEFAULT_MAX_ENTRIES).unwrap_or(u64::MAX);
+        Caches {
+            tokens: TokenCache::new(
+                config.providers.len(),
+                DEFAULT_MAX_ENTRIES,
+                DEFAULT_MAX_BYTES,
+            ),
+            exchanges: ExchangeCache::new(
+                config
+                    .exchanges
+                    .iter()
+                    .map(|e| e.cache.max_entries.min(per_vm)),
+            ),
+        }
+    }
+}
+
+/// Why one authenticator did not produce an identity.
 enum NotVerified {
     Refused(AuthnError),
-    /// Its keys may arrive soon.
-    Wait,
+    /// Its provider's keys may arrive soon.
+    WaitKeys(usize),
+    /// The auth service's answer for this token is on its way.
+    WaitExchange(usize, TokenKey),
 }
 
 /// The outcome plus what the host should count and log.
@@ -71,16 +168,24 @@ pub struct Decision {
     pub refusal: Option<Refusal>,
 }
 
-/// Decides one request. `cache` is the VM's verified-token cache; `waited` is true when
-/// the request already paused once for keys (it will not be asked to wait again).
+/// Decides one request. `caches` are the VM's; `waited` is true when the request
+/// already paused once (it will not be asked to wait again).
 pub fn decide(
     config: &Config,
-    keyring: &dyn Keyring,
+    services: Services<'_>,
     request: &Request,
     now: u64,
-    cache: &mut TokenCache,
+    caches: &mut Caches,
     waited: bool,
 ) -> Decision {
+    if let Some(reply) = own_endpoint(config, request) {
+        return Decision {
+            outcome: Outcome::Reply(reply),
+            counters: Vec::new(),
+            rule: None,
+            refusal: None,
+        };
+    }
     let mut counters = Vec::with_capacity(2);
     // Identity headers go first, on every route: a client can't spoof them.
     let mut edits: Vec<HeaderEdit> = config
@@ -110,12 +215,12 @@ pub fn decide(
         } => (requirement, *optional),
     };
 
-    let attempts: Vec<(usize, Found<'_>)> = requirement
-        .providers()
-        .iter()
-        .filter_map(|&id| Some((id, find_token(config.providers.get(id)?, request)?)))
-        .collect();
+    let (attempts, jwt_for_exchange) = attempts(config, requirement, request);
     if attempts.is_empty() {
+        if jwt_for_exchange {
+            let refusal = Refusal::Authn(AuthnError::UnexpectedJwt);
+            return refuse(config, refusal, rule_index, counters);
+        }
         if optional {
             counters.push(Counter::Allowed);
             return Decision {
@@ -134,25 +239,48 @@ pub fn decide(
     }
 
     let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
-    let mut worst: Option<AuthnError> = None;
-    let mut waits: Vec<usize> = Vec::new();
+    let mut worst: Option<AuthnError> = jwt_for_exchange.then_some(AuthnError::UnexpectedJwt);
+    let mut waits = Waits::default();
     let context = Context {
-        keyring,
+        services,
         now,
         waited,
     };
-    for (id, found) in &attempts {
-        let Some(provider) = config.providers.get(*id) else {
-            continue;
+    for (authenticator, found) in &attempts {
+        let result = match *authenticator {
+            Authenticator::Provider(id) => match config.providers.get(id) {
+                Some(provider) => authenticate(
+                    &context,
+                    id,
+                    provider,
+                    &found.token,
+                    &mut caches.tokens,
+                    &mut counters,
+                ),
+                None => continue,
+            },
+            Authenticator::Exchange(id) => match config.exchanges.get(id) {
+                Some(exchange) => exchange_identity(
+                    config,
+                    &context,
+                    id,
+                    exchange,
+                    &found.token,
+                    &mut caches.exchanges,
+                    &mut counters,
+                ),
+                None => continue,
+            },
         };
-        match authenticate(&context, *id, provider, &found.token, cache, &mut counters) {
+        match result {
             Ok(identity) => {
                 verified.push((identity, found));
                 if matches!(requirement, AuthnRequirement::Any(_)) {
                     break;
                 }
             }
-            Err(NotVerified::Wait) => waits.push(*id),
+            Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
+            Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
             Err(NotVerified::Refused(e)) => {
                 if matches!(requirement, AuthnRequirement::All(_)) {
                     return refuse(config, Refusal::Authn(e), rule_index, counters);
@@ -165,10 +293,10 @@ pub fn decide(
     }
     let satisfied = match requirement {
         AuthnRequirement::Any(_) => !verified.is_empty(),
-        AuthnRequirement::All(ids) => verified.len() == ids.len(),
+        AuthnRequirement::All(all) => verified.len() == all.len(),
     };
     if !satisfied {
-        if !waits.is_empty() {
+        if waits != Waits::default() {
             return Decision {
                 outcome: Outcome::Wait(waits),
                 counters,
@@ -181,10 +309,14 @@ pub fn decide(
     }
 
     for (identity, found) in &verified {
-        let keep = config
-            .providers
-            .get(identity.provider)
-            .is_some_and(|p| p.forward.keep_token);
+        // An exchange's token (opaque, or a session id) never goes upstream.
+        let keep = match identity.authenticator {
+            Authenticator::Provider(id) => config
+                .providers
+                .get(id)
+                .is_some_and(|p| p.forward.keep_token),
+            Authenticator::Exchange(_) => false,
+        };
         if !keep {
             edits.push(found.location.removal(request));
         }
@@ -206,17 +338,96 @@ pub fn decide(
     }
 }
 
-/// The first present source of a provider (a present but invalid token is not skipped).
-fn find_token<'r>(provider: &Provider, request: &'r Request) -> Option<Found<'r>> {
-    provider
-        .sources
+/// The filter's own endpoints, answered before any rule: `GET <mint.jwks_path>`.
+fn own_endpoint(config: &Config, request: &Request) -> Option<Reply> {
+    if config.jwks_paths.is_empty() || !matches!(request.method.as_str(), "GET" | "HEAD") {
+        return None;
+    }
+    let path = request.path_only();
+    config
+        .jwks_paths
         .iter()
-        .find_map(|source| source.find(request))
+        .find(|(served, _)| served == path)
+        .map(|(_, jwks)| Reply {
+            status: 200,
+            content_type: "application/json",
+            body: jwks.clone(),
+        })
 }
 
-/// What `authenticate` needs besides the token.
+/// The tokens to try, in the rule's order, and whether an exchange's source held a JWT
+/// (which goes to providers only). A token that looks like a JWT is for the rule's
+/// providers; any other token goes to the first exchange listed whose source holds one
+/// (every exchange's, for `all`), and then no provider tries it.
+fn attempts<'r>(
+    config: &Config,
+    requirement: &AuthnRequirement,
+    request: &'r Request,
+) -> (Vec<(Authenticator, Found<'r>)>, bool) {
+    let listed = requirement.authenticators();
+    let only_first = matches!(requirement, AuthnRequirement::Any(_));
+    let mut exchange_attempts: Vec<(Authenticator, Found<'r>)> = Vec::new();
+    let mut jwt_for_exchange = false;
+    for authenticator in listed {
+        let Authenticator::Exchange(id) = *authenticator else {
+            continue;
+        };
+        let Some(found) = config
+            .exchanges
+            .get(id)
+            .and_then(|e| first_present(&e.sources, request))
+        else {
+            continue;
+        };
+        if jwt::looks_like_jwt(&found.token) {
+            jwt_for_exchange = true;
+            continue;
+        }
+        exchange_attempts.push((*authenticator, found));
+        if only_first {
+            break;
+        }
+    }
+    let opaque_taken = !exchange_attempts.is_empty();
+    let mut attempts = Vec::with_capacity(listed.len());
+    for authenticator in listed {
+        match *authenticator {
+            Authenticator::Provider(id) => {
+                let Some(found) = config
+                    .providers
+                    .get(id)
+                    .and_then(|p| first_present(&p.sources, request))
+                else {
+                    continue;
+                };
+                if opaque_taken && !jwt::looks_like_jwt(&found.token) {
+                    continue;
+                }
+                attempts.push((*authenticator, found));
+            }
+            Authenticator::Exchange(_) => {
+                if let Some(at) = exchange_attempts
+                    .iter()
+                    .position(|(a, _)| a == authenticator)
+                {
+                    attempts.push(exchange_attempts.swap_remove(at));
+                }
+            }
+        }
+    }
+    // A JWT that only an exchange's source held is reported as such only when no
+    // provider has anything to say.
+    (attempts, jwt_for_exchange)
+}
+
+/// The first present source (a present but invalid token is not skipped).
+fn first_present<'r>(sources: &[Source], request: &'r Request) -> Option<Found<'r>> {
+    sources.iter().find_map(|source| source.find(request))
+}
+
+/// What authentication needs besides the token.
 struct Context<'a> {
-    keyring: &'a dyn Keyring,
+    services: Services<'a>,
     now: u64,
     waited: bool,
 }
@@ -245,11 +456,12 @@ fn authenticate(
             }
         };
     }
+    let keyring = context.services.keyring;
     let keys = match &provider.keys {
         KeySource::Inline(keys) => keys.clone(),
-        KeySource::Remote(_) => match context.keyring.keys(id) {
+        KeySource::Remote(_) => match keyring.keys(id) {
             Keys::Ready(keys) => keys,
-            Keys::Pending if !context.waited => return Err(NotVerified::Wait),
+            Keys::Pending if !context.waited => return Err(NotVerified::WaitKeys(id)),
             Keys::Pending | Keys::Unavailable => {
                 return Err(NotVerified::Refused(AuthnError::KeysUnavailable))
             }
@@ -261,9 +473,9 @@ fn authenticate(
         Err(AuthnError::UnknownKid)
             if matches!(provider.keys, KeySource::Remote(_))
                 && !context.waited
-                && context.keyring.refetch_for_unknown_kid(id) =>
+                && keyring.refetch_for_unknown_kid(id) =>
         {
-            return Err(NotVerified::Wait);
+            return Err(NotVerified::WaitKeys(id));
         }
         Err(e) => return Err(NotVerified::Refused(e)),
     };
@@ -271,7 +483,7 @@ fn authenticate(
         .forward
         .identity_headers(&verified.claims, &verified.payload_segment);
     let identity = Rc::new(Identity {
-        provider: id,
+        authenticator: Authenticator::Provider(id),
         headers,
         claims: Rc::new(verified.claims),
     });
@@ -284,6 +496,89 @@ fn authenticate(
         },
     );
     Ok(identity)
+}
+
+/// An opaque token's identity: the VM's copy, else what all workers know, else wait for
+/// the auth service's answer (the host asks it, once for all workers).
+fn exchange_identity(
+    config: &Config,
+    context: &Context<'_>,
+    id: usize,
+    exchange: &Exchange,
+    token: &str,
+    cache: &mut ExchangeCache,
+    counters: &mut Vec<Counter>,
+) -> Result<Rc<Identity>, NotVerified> {
+    let now = context.now;
+    if token.len() > exchange.max_token_bytes {
+        return Err(NotVerified::Refused(AuthnError::TooLong));
+    }
+    let key = TokenKey::of(exchange, token);
+    match cache.get(id, key, now) {
+        Some(Cached::Active(identity)) => {
+            counters.push(Counter::Exchange(id, ExchangeEvent::Hit));
+            return Ok(identity);
+        }
+        Some(Cached::Refused(e)) => {
+            counters.push(Counter::Exchange(id, ExchangeEvent::NegativeHit));
+            return Err(NotVerified::Refused(e));
+        }
+        None => {}
+    }
+    let lookup = context
+        .services
+        .exchanges
+        .lookup(id, key, token, !context.waited);
+    match lookup {
+        Lookup::Answer(State::Active { until, claims, jwt }) if now < until => {
+            if !context.waited {
+                counters.push(Counter::Exchange(id, ExchangeEvent::Hit));
+            }
+            let identity = identity_of(config, id, exchange, claims, jwt);
+            cache.insert(id, key, until, Cached::Active(identity.clone()), now);
+            Ok(identity)
+        }
+        Lookup::Answer(State::Refused { until, reason }) if now < until => {
+            counters.push(Counter::Exchange(id, ExchangeEvent::NegativeHit));
+            cache.insert(id, key, until, Cached::Refused(reason), now);
+            Err(NotVerified::Refused(reason))
+        }
+        // A refusal cached for no time at all (negative_secs 0) is still this answer.
+        Lookup::Answer(State::Refused { reason, .. }) if context.waited => {
+            Err(NotVerified::Refused(reason))
+        }
+        Lookup::Pending if !context.waited => Err(NotVerified::WaitExchange(id, key)),
+        _ => Err(NotVerified::Refused(AuthnError::ExchangeUnavailable)),
+    }
+}
+
+/// An exchange's identity as the provider forwards it, plus the JWT for upstream.
+fn identity_of(
+    config: &Config,
+    id: usize,
+    exchange: &Exchange,
+    claims: Map<String, Value>,
+    jwt: Option<String>,
+) -> Rc<Identity> {
+    let mut headers = match config.providers.get(exchange.provider) {
+        Some(provider) => {
+            let payload = if provider.forward.payload_header.is_some() {
+                b64::encode(Value::Object(claims.clone()).to_string().as_bytes())
+            } else {
+                String::new()
+            };
+            provider.forward.identity_headers(&claims, &payload)
+        }
+        None => Vec::new(),
+    };
+    if let (Some(upstream), Some(jwt)) = (&exchange.upstream, jwt) {
+        headers.push((upstream.header.clone(), format!("{}{jwt}", upstream.prefix)));
+    }
+    Rc::new(Identity {
+        authenticator: Authenticator::Exchange(id),
+        headers,
+        claims: Rc::new(claims),
+    })
 }
 
 fn refuse(
@@ -305,7 +600,6 @@ fn refuse(
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use crate::token::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use serde_json::{json, Value};
 
     fn config(doc: Value) -> Config {
@@ -352,16 +646,19 @@ mod tests {
         }
     }
 
-    fn cache(config: &Config) -> TokenCache {
-        TokenCache::new(
-            config.providers.len(),
-            DEFAULT_MAX_ENTRIES,
-            DEFAULT_MAX_BYTES,
-        )
+    fn cache(config: &Config) -> Caches {
+        Caches::for_config(config)
     }
 
     fn run(config: &Config, req: &Request) -> Decision {
-        decide(config, &NoRemoteKeys, req, NOW, &mut cache(config), false)
+        decide(
+            config,
+            Services::local(),
+            req,
+            NOW,
+            &mut cache(config),
+            false,
+        )
     }
 
     fn bearer(token: &str) -> String {
@@ -371,7 +668,7 @@ mod tests {
     fn refused_with(decision: &Decision) -> Option<Refusal> {
         match decision.outcome {
             Outcome::Deny(_) => decision.refusal,
-            Outcome::Forward(_) | Outcome::Wait(_) => None,
+            _ => None,
         }
     }
 
@@ -488,18 +785,18 @@ mod tests {
         let auth = bearer(&token("eddsa", &good_claims()));
         let req = request("/api", &[("authorization", &auth)]);
         assert_eq!(
-            decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false).counters,
+            decide(&config, Services::local(), &req, NOW, &mut cache, false).counters,
             vec![Counter::CacheMiss, Counter::Allowed]
         );
-        let again = decide(&config, &NoRemoteKeys, &req, NOW + 1, &mut cache, false);
+        let again = decide(&config, Services::local(), &req, NOW + 1, &mut cache, false);
         assert_eq!(again.counters, vec![Counter::CacheHit, Counter::Allowed]);
         assert_eq!(
             again.outcome,
-            decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false).outcome
+            decide(&config, Services::local(), &req, NOW, &mut cache, false).outcome
         );
         let later = decide(
             &config,
-            &NoRemoteKeys,
+            Services::local(),
             &req,
             NOW + 600 + 60,
             &mut cache,
@@ -509,7 +806,7 @@ mod tests {
             refused_with(&later),
             Some(Refusal::Authn(AuthnError::Expired))
         );
-        assert!(cache.is_empty(), "an expired entry is dropped");
+        assert!(cache.tokens.is_empty(), "an expired entry is dropped");
     }
 
     #[test]
@@ -520,8 +817,8 @@ mod tests {
         claims["aud"] = json!("billing");
         let auth = bearer(&token("es256", &claims));
         let req = request("/api", &[("authorization", &auth)]);
-        decide(&config, &NoRemoteKeys, &req, NOW, &mut cache, false);
-        assert!(cache.is_empty());
+        decide(&config, Services::local(), &req, NOW, &mut cache, false);
+        assert!(cache.tokens.is_empty());
     }
 
     #[test]
@@ -661,7 +958,6 @@ mod tests {
 mod remote_tests {
     use super::*;
     use crate::testutil::*;
-    use crate::token::cache::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
     use serde_json::json;
     use std::cell::Cell;
 
@@ -702,14 +998,18 @@ mod remote_tests {
 
     fn decide_with(ring: &FakeKeyring, token: &str, waited: bool) -> Decision {
         let config = remote_config();
-        let mut cache = TokenCache::new(1, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_BYTES);
+        let mut cache = Caches::for_config(&config);
         let request = Request {
             method: "GET".into(),
             path: "/".into(),
             host: "svc".into(),
             headers: vec![("authorization".into(), format!("Bearer {token}"))],
         };
-        decide(&config, ring, &request, NOW, &mut cache, waited)
+        let services = Services {
+            keyring: ring,
+            exchanges: &NoExchanges,
+        };
+        decide(&config, services, &request, NOW, &mut cache, waited)
     }
 
     fn status(decision: &Decision) -> Option<u32> {
@@ -725,7 +1025,10 @@ mod remote_tests {
         let t = token("rs256", &good_claims());
         assert_eq!(
             decide_with(&pending, &t, false).outcome,
-            Outcome::Wait(vec![0])
+            Outcome::Wait(Waits {
+                providers: vec![0],
+                exchanges: vec![]
+            })
         );
         let after = decide_with(&pending, &t, true);
         assert_eq!(
@@ -763,7 +1066,10 @@ mod remote_tests {
         );
         assert_eq!(
             decide_with(&ready, &t, false).outcome,
-            Outcome::Wait(vec![0])
+            Outcome::Wait(Waits {
+                providers: vec![0],
+                exchanges: vec![]
+            })
         );
         let after = decide_with(&ready, &t, true);
         assert_eq!(after.refusal, Some(Refusal::Authn(AuthnError::UnknownKid)));

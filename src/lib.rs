@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod deny;
 pub mod error;
+pub mod exchange;
 pub mod flow;
 pub mod host;
 pub mod policy;

@@ -16,10 +16,50 @@ pub enum Counter {
     JwksStaleServed,
     /// A discovery document named another issuer.
     JwksDiscoveryIssuerMismatch,
+    /// `tokengate.exchange.<name>.<event>`, for the exchange at this index.
+    Exchange(usize, ExchangeEvent),
+}
+
+/// What happened to an opaque token at an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeEvent {
+    /// Answered from a cached identity (this VM's or all workers').
+    Hit,
+    /// Not known anywhere: a callout was started.
+    Miss,
+    /// Refused from a cached refusal.
+    NegativeHit,
+    /// The auth service said the token is not active.
+    Inactive,
+    /// No usable answer (down, slow, 5xx, garbage, oversized, refusing the gateway).
+    CalloutFailure,
+}
+
+impl ExchangeEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeEvent::Hit => "hit",
+            ExchangeEvent::Miss => "miss",
+            ExchangeEvent::NegativeHit => "negative_hit",
+            ExchangeEvent::Inactive => "inactive",
+            ExchangeEvent::CalloutFailure => "callout_failure",
+        }
+    }
+}
+
+/// An exchange counter's name.
+pub fn exchange_counter(exchange: &str, event: ExchangeEvent) -> String {
+    format!("tokengate.exchange.{exchange}.{}", event.name())
+}
+
+/// The histogram of an exchange's callout latency, in milliseconds.
+pub fn exchange_latency_histogram(exchange: &str) -> String {
+    format!("tokengate.exchange.{exchange}.callout_ms")
 }
 
 impl Counter {
-    pub fn name(self) -> String {
+    /// The metric name; `exchanges` names the exchanges by index.
+    pub fn name(self, exchanges: &[String]) -> String {
         match self {
             Counter::Allowed => "tokengate.allowed".into(),
             Counter::Denied(reason) => format!("tokengate.denied.{reason}"),
@@ -32,6 +72,10 @@ impl Counter {
             Counter::JwksDiscoveryIssuerMismatch => {
                 "tokengate.jwks.discovery_issuer_mismatch".into()
             }
+            Counter::Exchange(index, event) => exchange_counter(
+                exchanges.get(index).map_or("unknown", String::as_str),
+                event,
+            ),
         }
     }
 }
@@ -47,21 +91,26 @@ mod tests {
 
     #[test]
     fn counter_names_follow_the_contract() {
-        assert_eq!(Counter::Allowed.name(), "tokengate.allowed");
+        assert_eq!(Counter::Allowed.name(&[]), "tokengate.allowed");
         assert_eq!(
-            Counter::Denied("expired").name(),
+            Counter::Denied("expired").name(&[]),
             "tokengate.denied.expired"
         );
-        assert_eq!(Counter::CacheHit.name(), "tokengate.cache.hit");
-        assert_eq!(Counter::CacheMiss.name(), "tokengate.cache.miss");
+        assert_eq!(Counter::CacheHit.name(&[]), "tokengate.cache.hit");
+        assert_eq!(Counter::CacheMiss.name(&[]), "tokengate.cache.miss");
         assert_eq!(
-            Counter::JwksFetchSuccess.name(),
+            Counter::JwksFetchSuccess.name(&[]),
             "tokengate.jwks.fetch.success"
         );
         assert_eq!(
-            Counter::JwksStaleServed.name(),
+            Counter::JwksStaleServed.name(&[]),
             "tokengate.jwks.stale_served"
         );
         assert_eq!(key_age_gauge("corp"), "tokengate.jwks.corp.age_secs");
+        let names = ["opaque".to_owned()];
+        assert_eq!(
+            Counter::Exchange(0, ExchangeEvent::NegativeHit).name(&names),
+            "tokengate.exchange.opaque.negative_hit"
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! field path it is about.
 
 use crate::crypto::alg::Alg;
-use crate::policy::rules::{AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction};
+use crate::exchange::Exchange;
+use crate::policy::rules::{
+    Authenticator, AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction,
+};
 use crate::remote::{self, Location, RemoteSpec, Uri};
 use crate::token::claims::{ClaimPath, Forward};
 use crate::token::extract::{Reads, Source};
@@ -13,6 +16,9 @@ use crate::token::jwt::{normalize_token_type, Policy};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+
+mod exchange;
+use exchange::{compile_exchange, RawExchange};
 
 /// A configuration error: the field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +48,10 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug)]
 pub struct RawConfig {
     pub realm: Option<String>,
     pub providers: BTreeMap<String, RawProvider>,
-    pub exchanges: BTreeMap<String, Value>,
+    pub exchanges: BTreeMap<String, RawExchange>,
     pub rules: Vec<RawRule>,
     pub authz_service: Option<Value>,
 }
@@ -151,16 +156,19 @@ pub struct Provider {
 }
 
 /// The validated configuration the filter runs on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     pub realm: String,
     pub providers: Vec<Provider>,
+    pub exchanges: Vec<Exchange>,
     pub rules: Vec<Rule>,
     /// Every identity header (forwarded claims, payload headers), lowercase. Removed
     /// from every request, on every route, before the filter sets its own.
     pub identity_headers: Vec<String>,
     /// What the filter reads of each request; nothing else is copied into the VM.
     pub reads: Reads,
+    /// (path, JWKS document) of every minting exchange's `jwks_path`.
+    pub jwks_paths: Vec<(String, String)>,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -406,7 +414,8 @@ impl Reader {
         }
         let mut exchanges = BTreeMap::new();
         for (name, value) in entries(fields.value("exchanges")) {
-            exchanges.insert(name, value);
+            let exchange = self.exchange(value, &field_path("exchanges", &name))?;
+            exchanges.insert(name, exchange);
         }
         let mut rules = Vec::new();
         for (index, value) in elements(fields.value("rules")).into_iter().enumerate() {
@@ -621,9 +630,16 @@ fn read_field(field: &Field, value: Value, at: String) -> Result<Slot, ConfigErr
 }
 
 /// The checked fields of one object, taken out by name.
-struct Slots {
+pub struct Slots {
     fields: &'static [Field],
     slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for Slots {
+    // Values may be secrets (a client secret, a private key): never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slots({} fields)", self.fields.len())
+    }
 }
 
 impl Slots {
@@ -862,12 +878,6 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be non-empty printable ASCII without quotes or backslashes",
         ));
     }
-    if !raw.exchanges.is_empty() {
-        return Err(ConfigError::new(
-            "exchanges",
-            "not supported by this version of tokengate",
-        ));
-    }
     if raw.authz_service.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ConfigError::new(
             "authz_service",
@@ -878,6 +888,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, raw_provider) in raw.providers {
         providers.push(compile_provider(&name, raw_provider)?);
     }
+    let mut exchanges = Vec::new();
+    for (name, raw_exchange) in raw.exchanges {
+        exchanges.push(compile_exchange(&name, raw_exchange, &providers)?);
+    }
     let rules = if raw.rules.is_empty() {
         if providers.is_empty() {
             return Err(ConfigError::new(
@@ -885,11 +899,15 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 "at least one provider is needed when no rules are given",
             ));
         }
+        let every = (0..providers.len())
+            .map(Authenticator::Provider)
+            .chain((0..exchanges.len()).map(Authenticator::Exchange))
+            .collect();
         vec![Rule {
             name: "default".into(),
             matcher: Matcher::default(),
             action: RuleAction::Authn {
-                requirement: AuthnRequirement::Any((0..providers.len()).collect()),
+                requirement: AuthnRequirement::Any(every),
                 optional: false,
             },
         }]
@@ -897,20 +915,27 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         raw.rules
             .into_iter()
             .enumerate()
-            .map(|(index, rule)| compile_rule(index, rule, &providers))
+            .map(|(index, rule)| compile_rule(index, rule, &providers, &exchanges))
             .collect::<Result<_, _>>()?
     };
     let mut identity_headers: Vec<String> = providers
         .iter()
         .flat_map(|p| p.forward.headers().map(str::to_owned))
+        .chain(
+            exchanges
+                .iter()
+                .filter_map(|e| e.upstream.as_ref().map(|u| u.header.clone())),
+        )
         .collect();
     identity_headers.sort();
     identity_headers.dedup();
     let mut reads = Reads::default();
-    for provider in &providers {
-        for source in &provider.sources {
-            reads.add_source(source);
-        }
+    for source in providers
+        .iter()
+        .flat_map(|p| &p.sources)
+        .chain(exchanges.iter().flat_map(|e| &e.sources))
+    {
+        reads.add_source(source);
     }
     for rule in &rules {
         rule.matcher.add_reads(&mut reads);
@@ -918,12 +943,23 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     for name in &identity_headers {
         reads.add_header(name);
     }
+    let jwks_paths: Vec<(String, String)> = exchanges
+        .iter()
+        .filter_map(|e| e.mint.as_ref())
+        .filter_map(|m| Some((m.jwks_path.clone()?, m.public_jwks.clone())))
+        .collect();
+    if !jwks_paths.is_empty() {
+        reads.path = true;
+        reads.method = true;
+    }
     Ok(Config {
         realm,
         providers,
+        exchanges,
         rules,
         identity_headers,
         reads,
+        jwks_paths,
     })
 }
 
@@ -1233,7 +1269,12 @@ fn header_name(at: &str, name: &str) -> Result<String, ConfigError> {
     Ok(name.to_ascii_lowercase())
 }
 
-fn compile_rule(index: usize, raw: RawRule, providers: &[Provider]) -> Result<Rule, ConfigError> {
+fn compile_rule(
+    index: usize,
+    raw: RawRule,
+    providers: &[Provider],
+    exchanges: &[Exchange],
+) -> Result<Rule, ConfigError> {
     let at = |field: &str| format!("rules[{index}].{field}");
     let name = raw.name.unwrap_or_else(|| format!("rules[{index}]"));
     for (set, field) in [
@@ -1258,23 +1299,29 @@ fn compile_rule(index: usize, raw: RawRule, providers: &[Provider]) -> Result<Ru
             ))
         }
         (None, Some(authn)) => {
-            let lookup = |field: String, names: Vec<String>| -> Result<Vec<usize>, ConfigError> {
-                if names.is_empty() {
-                    return Err(ConfigError::new(field, "must name at least one provider"));
-                }
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        providers.iter().position(|p| &p.name == n).ok_or_else(|| {
-                            ConfigError::new(
-                                format!("{field}[{i}]"),
-                                format!("unknown provider {n:?}"),
-                            )
+            let lookup =
+                |field: String, names: Vec<String>| -> Result<Vec<Authenticator>, ConfigError> {
+                    if names.is_empty() {
+                        return Err(ConfigError::new(field, "must name at least one provider"));
+                    }
+                    names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let provider = providers.iter().position(|p| &p.name == n);
+                            let exchange = exchanges.iter().position(|e| &e.name == n);
+                            provider
+                                .map(Authenticator::Provider)
+                                .or(exchange.map(Authenticator::Exchange))
+                                .ok_or_else(|| {
+                                    ConfigError::new(
+                                        format!("{field}[{i}]"),
+                                        format!("unknown provider or exchange {n:?}"),
+                                    )
+                                })
                         })
-                    })
-                    .collect()
-            };
+                        .collect()
+                };
             let requirement = match (authn.any, authn.all) {
                 (Some(any), None) => AuthnRequirement::Any(lookup(at("authn.any"), any)?),
                 (None, Some(all)) => AuthnRequirement::All(lookup(at("authn.all"), all)?),
@@ -1414,7 +1461,7 @@ mod tests {
         assert_eq!(
             config.rules[0].action,
             RuleAction::Authn {
-                requirement: AuthnRequirement::Any(vec![0]),
+                requirement: AuthnRequirement::Any(vec![Authenticator::Provider(0)]),
                 optional: false
             }
         );
@@ -1641,8 +1688,6 @@ mod tests {
 
     #[test]
     fn features_of_later_versions_are_refused_not_ignored() {
-        let e = error_of(&with(|d| d["exchanges"] = json!({"opaque": {}})));
-        assert_eq!(e.path, "exchanges");
         let e = error_of(&with(|d| d["authz_service"] = json!({"uri": "http://opa"})));
         assert_eq!(e.path, "authz_service");
         let e =

@@ -10,6 +10,7 @@
 pub mod alg;
 pub mod b64;
 pub mod ed25519_verify;
+pub mod mint_key;
 pub mod montgomery;
 pub mod p256_verify;
 pub mod rsa_verify;

@@ -1,11 +1,13 @@
 //! The HTTP context: read the request, ask the core, apply the decision; park the
-//! request when the core says to wait for keys.
+//! request when the core says to wait for keys or an exchange answer.
 
+use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
-use crate::flow::{decide, Decision, Outcome};
+use crate::exchange::TokenKey;
+use crate::flow::{decide, Decision, Outcome, Services, Waits};
 use crate::token::extract::{HeaderEdit, Reads, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -17,21 +19,49 @@ pub struct Http {
     context_id: u32,
 }
 
-/// A request paused until its providers' keys move or its deadline passes.
+/// A request paused until its providers' keys move, an exchange answer for its token
+/// arrives, or its deadline passes.
 pub struct Waiter {
     pub context_id: u32,
     request: Request,
     /// (provider, generation seen, fetch attempts seen) when it started waiting.
     seen: Vec<(usize, u64, u64)>,
+    /// (exchange, token key) whose answer it waits for.
+    exchanges: Vec<(usize, TokenKey)>,
     pub deadline_ms: u64,
 }
 
 impl Waiter {
-    pub fn keys_moved(&self, keys: &KeyStore) -> bool {
+    fn keys_moved(&self, keys: &KeyStore) -> bool {
         self.seen.iter().any(|(provider, generation, attempts)| {
             keys.remote(*provider)
                 .is_some_and(|r| r.generation != *generation || r.attempts != *attempts)
         })
+    }
+
+    fn ready(&self, state: &VmState, keys: &KeyStore, now_ms: u64) -> bool {
+        self.deadline_ms <= now_ms
+            || self.keys_moved(keys)
+            || self
+                .exchanges
+                .iter()
+                .any(|(exchange, key)| exchanges::answered(&state.config, *exchange, *key, now_ms))
+    }
+}
+
+/// Resumes every waiter whose keys moved, whose answer came, or whose time is up.
+pub fn wake(state: &VmState) {
+    let now = now_ms();
+    let ready: Vec<Waiter> = {
+        let keys = state.keys.borrow();
+        let mut waiters = state.waiters.borrow_mut();
+        let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) =
+            waiters.drain(..).partition(|w| w.ready(state, &keys, now));
+        *waiters = waiting;
+        ready
+    };
+    for waiter in ready {
+        resume_waiter(state, waiter);
     }
 }
 
@@ -75,20 +105,29 @@ impl Http {
 
 /// Runs the core on a request, with the clock read once (and kept in the key store for
 /// the rest of this request's work).
-fn run(state: &VmState, request: &Request, waited: bool) -> Decision {
+fn run(state: &VmState, context_id: u32, request: &Request, waited: bool) -> Decision {
     let now_ms = now_ms();
     state.keys.borrow().now_ms.set(now_ms);
     let keyring = HostKeyring {
         store: &state.keys,
         metrics: &state.metrics,
     };
-    let mut cache = state.cache.borrow_mut();
+    let exchanges = HostExchanges {
+        state,
+        context_id,
+        now_ms,
+    };
+    let services = Services {
+        keyring: &keyring,
+        exchanges: &exchanges,
+    };
+    let mut caches = state.caches.borrow_mut();
     decide(
         &state.config,
-        &keyring,
+        services,
         request,
         now_ms / 1000,
-        &mut cache,
+        &mut caches,
         waited,
     )
 }
@@ -123,6 +162,15 @@ fn apply(state: &VmState, decision: Decision) -> bool {
                 );
             }
             send(&deny);
+            false
+        }
+        Outcome::Reply(reply) => {
+            let headers = vec![
+                ("content-type", reply.content_type),
+                ("cache-control", "max-age=300"),
+            ];
+            let _ =
+                hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
             false
         }
         Outcome::Wait(_) => {
@@ -164,31 +212,47 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
     if hostcalls::set_effective_context(waiter.context_id).is_err() {
         return; // the stream is gone
     }
-    let decision = run(state, &waiter.request, true);
+    let decision = run(state, waiter.context_id, &waiter.request, true);
     if apply(state, decision) {
         let _ = hostcalls::resume_http_request();
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        if exchanges::on_response(&self.state, token_id, body_size) {
+            wake(&self.state);
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let request = Self::read_request(&self.state.config.reads);
-        let decision = run(&self.state, &request, false);
-        if let Outcome::Wait(providers) = &decision.outcome {
+        let decision = run(&self.state, self.context_id, &request, false);
+        if let Outcome::Wait(Waits {
+            providers,
+            exchanges,
+        }) = &decision.outcome
+        {
             tally(&self.state, &decision);
             let keys = self.state.keys.borrow();
             let seen: Vec<(usize, u64, u64)> = providers
                 .iter()
                 .filter_map(|p| keys.remote(*p).map(|r| (*p, r.generation, r.attempts)))
                 .collect();
-            let wait_ms = keys.wait_bound_ms(providers);
+            let exchange_ms = exchanges
+                .iter()
+                .filter_map(|(e, _)| self.state.config.exchanges.get(*e).map(lease_ms))
+                .max()
+                .unwrap_or(0);
+            let wait_ms = keys.wait_bound_ms(providers).max(exchange_ms);
             drop(keys);
             self.state.waiters.borrow_mut().push(Waiter {
                 context_id: self.context_id,
                 request,
                 seen,
+                exchanges: exchanges.clone(),
                 deadline_ms: now_ms() + wait_ms,
             });
             self.state.set_tick(BUSY_TICK_MS);
@@ -207,5 +271,6 @@ impl HttpContext for Http {
             .waiters
             .borrow_mut()
             .retain(|w| w.context_id != self.context_id);
+        exchanges::forget_context(&self.state, self.context_id);
     }
 }

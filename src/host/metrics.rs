@@ -17,7 +17,10 @@ pub const FLUSH_MS: u64 = 100;
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Exchange names by index, for the names of exchange counters.
+    exchange_names: Vec<String>,
     counters: RefCell<HashMap<Counter, u32>>,
+    /// Gauges and histograms, by name.
     gauges: RefCell<HashMap<String, u32>>,
     /// Counts not yet given to Envoy; a handful of distinct counters at most.
     pending: RefCell<Vec<(Counter, u64)>>,
@@ -25,6 +28,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    pub fn new(exchange_names: Vec<String>) -> Metrics {
+        Metrics {
+            exchange_names,
+            ..Metrics::default()
+        }
+    }
+
     /// Counts one event now.
     pub fn increment(&self, counter: Counter) {
         self.add(counter, 1);
@@ -63,7 +73,10 @@ impl Metrics {
         let mut ids = self.counters.borrow_mut();
         let id = match ids.get(&counter) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &counter.name()) {
+            None => match hostcalls::define_metric(
+                MetricType::Counter,
+                &counter.name(&self.exchange_names),
+            ) {
                 Ok(id) => *ids.entry(counter).or_insert(id),
                 Err(_) => return,
             },
@@ -72,10 +85,19 @@ impl Metrics {
     }
 
     pub fn set_gauge(&self, name: &str, value: u64) {
+        self.record(MetricType::Gauge, name, value);
+    }
+
+    /// Records one value of a histogram (Envoy keeps the buckets).
+    pub fn record_histogram(&self, name: &str, value: u64) {
+        self.record(MetricType::Histogram, name, value);
+    }
+
+    fn record(&self, kind: MetricType, name: &str, value: u64) {
         let mut ids = self.gauges.borrow_mut();
         let id = match ids.get(name) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Gauge, name) {
+            None => match hostcalls::define_metric(kind, name) {
                 Ok(id) => *ids.entry(name.to_owned()).or_insert(id),
                 Err(_) => return,
             },

@@ -1,11 +1,12 @@
 //! The root context: configuration, per-VM state, the tick that drives key fetches and
 //! wakes paused requests, and the callouts' answers.
 
-use super::http::{resume_waiter, Http, Waiter};
+use super::exchanges::Flights;
+use super::http::{wake, Http, Waiter};
 use super::keys::KeyStore;
 use super::metrics::Metrics;
 use crate::config::Config;
-use crate::token::cache::{TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
+use crate::flow::Caches;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
@@ -31,8 +32,12 @@ pub fn register() {
 /// What every HTTP context of this VM shares (one VM per Envoy worker thread).
 pub struct VmState {
     pub config: Config,
-    pub cache: RefCell<TokenCache>,
+    pub caches: RefCell<Caches>,
     pub metrics: Metrics,
+    /// Identifies this VM as a lease holder in shared data.
+    pub nonce: u64,
+    /// Exchange callouts this VM started.
+    pub flights: Flights,
     pub keys: RefCell<KeyStore>,
     pub waiters: RefCell<Vec<Waiter>>,
     /// The tick period last asked for, so it is changed only when it must.
@@ -74,33 +79,18 @@ impl Root {
             changed
         };
         self.keys_changed(state, &changed);
-        self.wake(state);
+        wake(state);
         state.metrics.flush(now);
-        let busy = state.keys.borrow().busy() || !state.waiters.borrow().is_empty();
+        let busy = state.keys.borrow().busy()
+            || !state.waiters.borrow().is_empty()
+            || !state.flights.is_empty();
         state.set_tick(if busy { BUSY_TICK_MS } else { IDLE_TICK_MS });
     }
 
     fn keys_changed(&self, state: &VmState, providers: &[usize]) {
-        let mut cache = state.cache.borrow_mut();
+        let mut caches = state.caches.borrow_mut();
         for provider in providers {
-            cache.clear_provider(*provider);
-        }
-    }
-
-    /// Resumes every waiter whose keys moved or whose time is up.
-    fn wake(&self, state: &VmState) {
-        let now = now_ms();
-        let ready: Vec<Waiter> = {
-            let keys = state.keys.borrow();
-            let mut waiters = state.waiters.borrow_mut();
-            let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = waiters
-                .drain(..)
-                .partition(|w| w.deadline_ms <= now || w.keys_moved(&keys));
-            *waiters = waiting;
-            ready
-        };
-        for waiter in ready {
-            resume_waiter(state, waiter);
+            caches.tokens.clear_provider(*provider);
         }
     }
 }
@@ -118,7 +108,7 @@ impl Context for Root {
         if let Some(provider) = finished {
             self.keys_changed(&state, &[provider]);
         }
-        self.wake(&state);
+        wake(&state);
     }
 }
 
@@ -138,22 +128,23 @@ impl RootContext for Root {
             .unwrap_or_default();
         match Config::from_json(&bytes) {
             Ok(config) => {
-                let cache = TokenCache::new(
-                    config.providers.len(),
-                    DEFAULT_MAX_ENTRIES,
-                    DEFAULT_MAX_BYTES,
-                );
-                let keys = KeyStore::new(&config, vm_nonce());
+                let caches = Caches::for_config(&config);
+                let nonce = vm_nonce();
+                let keys = KeyStore::new(&config, nonce);
                 let remote = !keys.remotes.is_empty();
                 log::info!(
-                    "tokengate: configured {} provider(s), {} rule(s)",
+                    "tokengate: configured {} provider(s), {} exchange(s), {} rule(s)",
                     config.providers.len(),
+                    config.exchanges.len(),
                     config.rules.len()
                 );
+                let exchange_names = config.exchanges.iter().map(|e| e.name.clone()).collect();
                 let state = Rc::new(VmState {
                     config,
-                    cache: RefCell::new(cache),
-                    metrics: Metrics::default(),
+                    caches: RefCell::new(caches),
+                    metrics: Metrics::new(exchange_names),
+                    nonce,
+                    flights: Flights::default(),
                     keys: RefCell::new(keys),
                     waiters: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),

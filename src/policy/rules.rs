@@ -13,23 +13,31 @@ pub struct Rule {
 pub enum RuleAction {
     /// No authentication; identity headers are still stripped.
     Anonymous,
-    /// Authenticate with providers (indexes into `Config::providers`).
+    /// Authenticate with providers and exchanges.
     Authn {
         requirement: AuthnRequirement,
         optional: bool,
     },
 }
 
+/// What a rule's `authn` names: a JWT provider or an exchange (indexes into
+/// `Config::providers` / `Config::exchanges`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticator {
+    Provider(usize),
+    Exchange(usize),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthnRequirement {
-    Any(Vec<usize>),
-    All(Vec<usize>),
+    Any(Vec<Authenticator>),
+    All(Vec<Authenticator>),
 }
 
 impl AuthnRequirement {
-    pub fn providers(&self) -> &[usize] {
+    pub fn authenticators(&self) -> &[Authenticator] {
         match self {
-            AuthnRequirement::Any(p) | AuthnRequirement::All(p) => p,
+            AuthnRequirement::Any(a) | AuthnRequirement::All(a) => a,
         }
     }
 }

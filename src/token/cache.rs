@@ -2,6 +2,7 @@
 //! whole token, so a different token can never hit; the lifetime is re-checked on every
 //! hit by the caller; only successes are stored.
 
+use crate::policy::rules::Authenticator;
 use crate::token::jwt::Lifetime;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -47,7 +48,8 @@ type TokenMap = HashMap<Rc<str>, Entry, BuildHasherDefault<TokenHasher>>;
 /// What a verified token means for the request, computed once and reused on hits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    pub provider: usize,
+    /// Who vouched for it: a provider (a verified JWT) or an exchange.
+    pub authenticator: Authenticator,
     /// Header values to set upstream, precomputed from the claims.
     pub headers: Vec<(String, String)>,
     pub claims: Rc<Map<String, Value>>,
@@ -185,7 +187,7 @@ mod tests {
                 nbf: None,
             },
             identity: Rc::new(Identity {
-                provider: 0,
+                authenticator: Authenticator::Provider(0),
                 headers: vec![],
                 claims: Rc::new(Map::new()),
             }),

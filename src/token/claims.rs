@@ -15,6 +15,11 @@ impl ClaimPath {
         Some(ClaimPath(parts))
     }
 
+    /// The top-level member the path starts in.
+    pub fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
     /// The value at this path, if every step is an object member.
     pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.0.split_first()?;

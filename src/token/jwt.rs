@@ -162,7 +162,8 @@ pub fn check_lifetime(lifetime: Lifetime, policy: &Policy, now: u64) -> Result<(
     }
 }
 
-fn audience_matches(aud: Option<&Value>, allowed: &[String]) -> bool {
+/// Whether `aud` (a string or an array) holds one of `allowed`.
+pub fn audience_matches(aud: Option<&Value>, allowed: &[String]) -> bool {
     match aud {
         Some(Value::String(one)) => allowed.iter().any(|a| a == one),
         Some(Value::Array(many)) => many

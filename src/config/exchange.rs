@@ -1,0 +1,424 @@
+//! The `exchanges` section: read (field tables) and compiled into [`Exchange`]s.
+
+use super::{
+    compile_source, field_path, identity_header, item_path, optional, required, ConfigError, Field,
+    Kind, Provider, Reader, Slots, DEFAULT_MAX_TOKEN_BYTES,
+};
+use crate::crypto::alg::Alg;
+use crate::crypto::mint_key::MintKey;
+use crate::exchange::callout::basic_authorization;
+use crate::exchange::{
+    CachePolicy, Client, Endpoint, Exchange, ExchangeParams, Mint, Mode, Upstream,
+};
+use crate::remote::Uri;
+use crate::token::extract::Source;
+use serde_json::{json, Value};
+
+const EXCHANGE_FIELDS: &[Field] = &[
+    optional("sources", Kind::Array),
+    required("mode", Kind::String),
+    required("endpoint", Kind::Object),
+    optional("client", Kind::Object),
+    required("provider", Kind::String),
+    optional("audiences", Kind::Strings),
+    optional("cache", Kind::Object),
+    optional("upstream", Kind::Object),
+    optional("token_exchange", Kind::Object),
+    optional("mint", Kind::Object),
+    optional("max_token_bytes", Kind::Usize),
+];
+const ENDPOINT_FIELDS: &[Field] = &[
+    required("uri", Kind::String),
+    required("cluster", Kind::String),
+    optional("timeout_ms", Kind::U64),
+];
+const CLIENT_FIELDS: &[Field] = &[
+    required("id", Kind::String),
+    required("secret", Kind::String),
+];
+const CACHE_FIELDS: &[Field] = &[
+    optional("max_secs", Kind::U64),
+    optional("negative_secs", Kind::U64),
+    optional("max_entries", Kind::U64),
+];
+const UPSTREAM_FIELDS: &[Field] = &[
+    required("header", Kind::String),
+    optional("prefix", Kind::String),
+];
+const TOKEN_EXCHANGE_FIELDS: &[Field] = &[
+    optional("audience", Kind::String),
+    optional("resource", Kind::String),
+    optional("scope", Kind::String),
+];
+const MINT_FIELDS: &[Field] = &[
+    required("issuer", Kind::String),
+    required("alg", Kind::String),
+    required("key", Kind::Any),
+    optional("ttl_secs", Kind::U64),
+    optional("audience", Kind::String),
+    optional("jwks_path", Kind::String),
+];
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_MAX_SECS: u64 = 300;
+pub const DEFAULT_NEGATIVE_SECS: u64 = 5;
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+/// Slots in shared data are never freed: a cap on what one exchange may take.
+const MAX_MAX_ENTRIES: u64 = 1_000_000;
+const DEFAULT_MINT_TTL_SECS: u64 = 300;
+
+/// An exchange as written: each nested object read with its own field table.
+pub struct RawExchange {
+    pub sources: Option<Vec<super::RawSource>>,
+    pub mode: String,
+    pub endpoint: Slots,
+    pub client: Option<Slots>,
+    pub provider: String,
+    pub audiences: Option<Vec<String>>,
+    pub cache: Option<Slots>,
+    pub upstream: Option<Slots>,
+    pub token_exchange: Option<Slots>,
+    pub mint: Option<Slots>,
+    pub max_token_bytes: Option<usize>,
+}
+
+impl Reader {
+    pub(super) fn exchange(&self, value: Value, at: &str) -> Result<RawExchange, ConfigError> {
+        let mut fields = self.read(value, at, EXCHANGE_FIELDS)?;
+        let nested = |fields: &mut Slots, name: &str, table: &'static [Field]| {
+            fields
+                .value(name)
+                .map(|value| self.read(value, &field_path(at, name), table))
+                .transpose()
+        };
+        let sources = match fields.value("sources") {
+            None => None,
+            Some(Value::Array(items)) => {
+                let sources_at = field_path(at, "sources");
+                let mut sources = Vec::new();
+                for (index, value) in items.into_iter().enumerate() {
+                    sources.push(self.source(value, &item_path(&sources_at, index))?);
+                }
+                Some(sources)
+            }
+            Some(_) => None,
+        };
+        Ok(RawExchange {
+            sources,
+            mode: fields.string("mode").unwrap_or_default(),
+            endpoint: nested(&mut fields, "endpoint", ENDPOINT_FIELDS)?
+                .ok_or_else(|| ConfigError::new(at, "missing field `endpoint`"))?,
+            client: nested(&mut fields, "client", CLIENT_FIELDS)?,
+            provider: fields.string("provider").unwrap_or_default(),
+            audiences: fields.strings("audiences"),
+            cache: nested(&mut fields, "cache", CACHE_FIELDS)?,
+            upstream: nested(&mut fields, "upstream", UPSTREAM_FIELDS)?,
+            token_exchange: nested(&mut fields, "token_exchange", TOKEN_EXCHANGE_FIELDS)?,
+            mint: nested(&mut fields, "mint", MINT_FIELDS)?,
+            max_token_bytes: fields
+                .u64("max_token_bytes")
+                .and_then(|n| usize::try_from(n).ok()),
+        })
+    }
+}
+
+fn bounded(
+    at: String,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            at,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+pub fn compile_exchange(
+    name: &str,
+    raw: RawExchange,
+    providers: &[Provider],
+) -> Result<Exchange, ConfigError> {
+    let at = |field: &str| format!("exchanges.{name}.{field}");
+    if name.is_empty() {
+        return Err(ConfigError::new(
+            "exchanges",
+            "exchange names must be non-empty",
+        ));
+    }
+    if providers.iter().any(|p| p.name == name) {
+        return Err(ConfigError::new(
+            format!("exchanges.{name}"),
+            "a provider has the same name: rules could not tell them apart",
+        ));
+    }
+    let mode = Mode::from_name(&raw.mode).ok_or_else(|| {
+        ConfigError::new(
+            at("mode"),
+            "must be one of \"introspection\", \"jwt_introspection\", \"token_exchange\", \"session\"",
+        )
+    })?;
+    let provider = providers
+        .iter()
+        .position(|p| p.name == raw.provider)
+        .ok_or_else(|| {
+            ConfigError::new(
+                at("provider"),
+                format!("unknown provider {:?}", raw.provider),
+            )
+        })?;
+
+    let mut endpoint = raw.endpoint;
+    let uri_text = endpoint.string("uri").unwrap_or_default();
+    let uri = Uri::parse(&uri_text).ok_or_else(|| {
+        ConfigError::new(
+            at("endpoint.uri"),
+            "must be an http:// or https:// URI with a host",
+        )
+    })?;
+    if mode == Mode::Session && !uri.path.contains("{token}") {
+        return Err(ConfigError::new(
+            at("endpoint.uri"),
+            "a session endpoint must hold {token} in its path or query",
+        ));
+    }
+    let cluster = endpoint.string("cluster").unwrap_or_default();
+    if cluster.is_empty() {
+        return Err(ConfigError::new(
+            at("endpoint.cluster"),
+            "must be non-empty",
+        ));
+    }
+    let timeout_ms = bounded(
+        at("endpoint.timeout_ms"),
+        endpoint.u64("timeout_ms"),
+        DEFAULT_TIMEOUT_MS,
+        1,
+        60_000,
+    )?;
+
+    let client = raw.client.map(|mut client| {
+        let id = client.string("id").unwrap_or_default();
+        let secret = client.string("secret").unwrap_or_default();
+        let basic = basic_authorization(&id, &secret);
+        Client { id, secret, basic }
+    });
+    match &client {
+        None if mode != Mode::Session => {
+            return Err(ConfigError::new(
+                at("client"),
+                "the gateway's client credentials are required for this mode",
+            ))
+        }
+        Some(c) if c.id.is_empty() => {
+            return Err(ConfigError::new(at("client.id"), "must be non-empty"))
+        }
+        _ => {}
+    }
+
+    let audiences = raw.audiences.unwrap_or_default();
+    if audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            at("audiences"),
+            "audiences must be non-empty strings",
+        ));
+    }
+
+    let (max_secs, negative_secs, max_entries) = match raw.cache {
+        None => (DEFAULT_MAX_SECS, DEFAULT_NEGATIVE_SECS, DEFAULT_MAX_ENTRIES),
+        Some(mut cache) => (
+            bounded(
+                at("cache.max_secs"),
+                cache.u64("max_secs"),
+                DEFAULT_MAX_SECS,
+                1,
+                86_400,
+            )?,
+            bounded(
+                at("cache.negative_secs"),
+                cache.u64("negative_secs"),
+                DEFAULT_NEGATIVE_SECS,
+                0,
+                3600,
+            )?,
+            bounded(
+                at("cache.max_entries"),
+                cache.u64("max_entries"),
+                DEFAULT_MAX_ENTRIES,
+                1,
+                MAX_MAX_ENTRIES,
+            )?,
+        ),
+    };
+
+    let upstream = raw
+        .upstream
+        .map(|mut upstream| -> Result<Upstream, ConfigError> {
+            let header = identity_header(
+                &at("upstream.header"),
+                &upstream.string("header").unwrap_or_default(),
+            )?;
+            Ok(Upstream {
+                header,
+                prefix: upstream.string("prefix").unwrap_or_default(),
+            })
+        })
+        .transpose()?;
+
+    let params = match raw.token_exchange {
+        None => ExchangeParams::default(),
+        Some(_) if mode != Mode::TokenExchange => {
+            return Err(ConfigError::new(
+                at("token_exchange"),
+                "only for mode \"token_exchange\"",
+            ))
+        }
+        Some(mut params) => ExchangeParams {
+            audience: params.string("audience"),
+            resource: params.string("resource"),
+            scope: params.string("scope"),
+        },
+    };
+
+    let mint = raw.mint.map(|m| compile_mint(&at("mint"), m)).transpose()?;
+    if mint.is_some() && upstream.is_none() {
+        return Err(ConfigError::new(
+            at("upstream"),
+            "a minted token needs an upstream header to go in",
+        ));
+    }
+
+    let sources = match raw.sources {
+        None => vec![Source::default_bearer()],
+        Some(raw_sources) if raw_sources.is_empty() => {
+            return Err(ConfigError::new(
+                at("sources"),
+                "must list at least one source when set",
+            ))
+        }
+        Some(raw_sources) => raw_sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| compile_source(&format!("{}[{i}]", at("sources")), s))
+            .collect::<Result<_, _>>()?,
+    };
+    let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if max_token_bytes == 0 || max_token_bytes > super::MAX_MAX_TOKEN_BYTES {
+        return Err(ConfigError::new(
+            at("max_token_bytes"),
+            format!("must be between 1 and {}", super::MAX_MAX_TOKEN_BYTES),
+        ));
+    }
+
+    // Every worker derives the same hash key from what defines the exchange, the
+    // client secret included, so that tokens are never kept as themselves.
+    let identity = json!([
+        name,
+        mode.name(),
+        uri_text,
+        cluster,
+        client.as_ref().map(|c| [c.id.as_str(), c.secret.as_str()]),
+    ])
+    .to_string();
+    let hash_key = hmac_sha256::HMAC::mac(identity.as_bytes(), b"tokengate exchange cache v1");
+    let config_id = hmac_sha256::HMAC::mac(b"shared data", hash_key);
+    let shared_prefix = format!(
+        "tokengate.x.{name}.{}",
+        config_id
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let forwarded_claims = providers
+        .get(provider)
+        .map(|p| {
+            p.forward
+                .claims
+                .iter()
+                .map(|(path, _)| path.first().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+
+    Ok(Exchange {
+        name: name.to_owned(),
+        sources,
+        mode,
+        endpoint: Endpoint {
+            uri,
+            cluster,
+            timeout_ms,
+        },
+        client,
+        provider,
+        audiences,
+        cache: CachePolicy {
+            max_secs,
+            negative_secs,
+            max_entries,
+        },
+        upstream,
+        params,
+        mint,
+        max_token_bytes,
+        hash_key,
+        shared_prefix,
+        forwarded_claims,
+    })
+}
+
+fn compile_mint(at: &str, mut raw: Slots) -> Result<Mint, ConfigError> {
+    let issuer = raw.string("issuer").unwrap_or_default();
+    if issuer.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.issuer"),
+            "must be non-empty",
+        ));
+    }
+    let alg = match raw.string("alg").as_deref() {
+        Some("ES256") => Alg::ES256,
+        Some("EdDSA") => Alg::EdDSA,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{at}.alg"),
+                "must be \"ES256\" or \"EdDSA\"",
+            ))
+        }
+    };
+    // The message never repeats the key: it names what is wrong with it.
+    let key = MintKey::from_jwk(&raw.value("key").unwrap_or_default(), alg)
+        .map_err(|e| ConfigError::new(format!("{at}.key"), e.describe()))?;
+    let ttl_secs = bounded(
+        format!("{at}.ttl_secs"),
+        raw.u64("ttl_secs"),
+        DEFAULT_MINT_TTL_SECS,
+        1,
+        86_400,
+    )?;
+    let jwks_path = raw.string("jwks_path");
+    if jwks_path
+        .as_ref()
+        .is_some_and(|p| !p.starts_with('/') || p.contains(['?', '#']))
+    {
+        return Err(ConfigError::new(
+            format!("{at}.jwks_path"),
+            "must be a path starting with '/'",
+        ));
+    }
+    let public_jwks = json!({"keys": [key.public_jwk()]}).to_string();
+    Ok(Mint {
+        issuer,
+        key,
+        ttl_secs,
+        audience: raw.string("audience"),
+        jwks_path,
+        public_jwks,
+    })
+}

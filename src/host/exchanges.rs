@@ -1,0 +1,325 @@
+//! Exchanges on the host side: the shared-data slots every worker reads (one record per
+//! slot, a fixed number of slots per exchange, so shared data stays bounded although it
+//! never evicts), the single-flight lease taken by compare-and-swap, the callouts and
+//! their answers. What to send and how to read answers is in `crate::exchange`.
+
+use super::root::{now_ms, VmState};
+use crate::config::{Config, KeySource};
+use crate::exchange::answer::{self, Answer, Resolved, MAX_ANSWER_BYTES};
+use crate::exchange::callout::callout;
+use crate::exchange::record::{resolved_record, Record, State};
+use crate::exchange::{Exchange, TokenKey};
+use crate::flow::{ExchangeStore, Keyring, Keys, Lookup};
+use crate::stats::{Counter, ExchangeEvent};
+use crate::token::jwks::KeySet;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long past its callout timeout a lease is held: a worker that dies mid-callout
+/// blocks its token no longer than this.
+const LEASE_SLACK_MS: u64 = 1000;
+
+/// A callout this VM started.
+struct Flight {
+    exchange: usize,
+    key: TokenKey,
+    /// The HTTP context that made it: Envoy cancels the callout if that stream ends.
+    context_id: u32,
+    started_ms: u64,
+}
+
+/// This VM's callouts in flight, by callout token.
+#[derive(Default)]
+pub struct Flights {
+    flights: RefCell<HashMap<u32, Flight>>,
+}
+
+impl Flights {
+    pub fn is_empty(&self) -> bool {
+        self.flights.borrow().is_empty()
+    }
+}
+
+/// The lease bound of an exchange's callout.
+pub fn lease_ms(exchange: &Exchange) -> u64 {
+    exchange.endpoint.timeout_ms.saturating_add(LEASE_SLACK_MS)
+}
+
+fn slot_key(exchange: &Exchange, key: TokenKey) -> String {
+    format!(
+        "{}.{}",
+        exchange.shared_prefix,
+        key.slot(exchange.cache.max_entries)
+    )
+}
+
+fn read_slot(exchange: &Exchange, key: TokenKey) -> (Option<Record>, Option<u32>) {
+    match hostcalls::get_shared_data(&slot_key(exchange, key)) {
+        Ok((Some(bytes), cas)) => (Record::decode(&bytes), cas),
+        _ => (None, None),
+    }
+}
+
+fn write_slot(exchange: &Exchange, record: &Record, cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(&slot_key(exchange, record.key), Some(&record.encode()), cas).is_ok()
+}
+
+/// Whether a waiter for this token can go on: its answer (or a failure) is in shared
+/// data, or nobody is asking any more.
+pub fn answered(config: &Config, exchange: usize, key: TokenKey, now_ms: u64) -> bool {
+    let Some(exchange) = config.exchanges.get(exchange) else {
+        return true;
+    };
+    match read_slot(exchange, key).0 {
+        Some(Record {
+            key: held,
+            state: State::Pending { until_ms, .. },
+        }) => held != key || until_ms <= now_ms,
+        // Another token's answer in the slot: ours may still come (a collision
+        // callout writes last); the deadline ends the wait otherwise.
+        Some(record) => record.key == key,
+        None => false,
+    }
+}
+
+/// The flow's view: shared answers, and callouts started on a miss.
+pub struct HostExchanges<'a> {
+    pub state: &'a VmState,
+    pub context_id: u32,
+    pub now_ms: u64,
+}
+
+impl ExchangeStore for HostExchanges<'_> {
+    fn lookup(&self, id: usize, key: TokenKey, token: &str, may_start: bool) -> Lookup {
+        let Some(exchange) = self.state.config.exchanges.get(id) else {
+            return Lookup::Unavailable;
+        };
+        let (record, cas) = read_slot(exchange, key);
+        let mut leased = true;
+        match record {
+            Some(Record { key: held, state }) if held == key => match state {
+                State::Active { .. } | State::Refused { .. } => {
+                    // The flow checks the bound; an expired answer is asked again.
+                    if !may_start || is_live(&state, self.now_ms) {
+                        return Lookup::Answer(state);
+                    }
+                }
+                State::Pending { until_ms, .. } if until_ms > self.now_ms => {
+                    return Lookup::Pending
+                }
+                State::Pending { .. } | State::Failed => {}
+            },
+            // Another token's callout holds the slot: ask without the lease.
+            Some(Record {
+                state: State::Pending { until_ms, .. },
+                ..
+            }) if until_ms > self.now_ms => leased = false,
+            _ => {}
+        }
+        if !may_start {
+            return Lookup::Unavailable;
+        }
+        if leased {
+            let pending = Record {
+                key,
+                state: State::Pending {
+                    holder: self.state.nonce,
+                    until_ms: self.now_ms.saturating_add(lease_ms(exchange)),
+                },
+            };
+            if !write_slot(exchange, &pending, cas) {
+                // Another worker claimed the slot first: most likely for this token.
+                return Lookup::Pending;
+            }
+        }
+        self.dispatch(id, exchange, key, token, leased)
+    }
+}
+
+impl HostExchanges<'_> {
+    fn dispatch(
+        &self,
+        id: usize,
+        exchange: &Exchange,
+        key: TokenKey,
+        token: &str,
+        leased: bool,
+    ) -> Lookup {
+        let request = callout(exchange, token);
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let metrics = &self.state.metrics;
+        match hostcalls::dispatch_http_call(
+            &request.cluster,
+            headers,
+            (!request.body.is_empty()).then_some(request.body.as_slice()),
+            vec![],
+            Duration::from_millis(request.timeout_ms),
+        ) {
+            Ok(token_id) => {
+                metrics.increment(Counter::Exchange(id, ExchangeEvent::Miss));
+                self.state.flights.flights.borrow_mut().insert(
+                    token_id,
+                    Flight {
+                        exchange: id,
+                        key,
+                        context_id: self.context_id,
+                        started_ms: self.now_ms,
+                    },
+                );
+                Lookup::Pending
+            }
+            Err(status) => {
+                log::error!(
+                    "tokengate: exchange {}: callout to cluster {:?} failed: {status:?}",
+                    exchange.name,
+                    request.cluster
+                );
+                metrics.increment(Counter::Exchange(id, ExchangeEvent::CalloutFailure));
+                if leased {
+                    write_slot(
+                        exchange,
+                        &Record {
+                            key,
+                            state: State::Failed,
+                        },
+                        None,
+                    );
+                }
+                Lookup::Unavailable
+            }
+        }
+    }
+}
+
+fn is_live(state: &State, now_ms: u64) -> bool {
+    match state {
+        State::Active { until, .. } | State::Refused { until, .. } => now_ms / 1000 < *until,
+        State::Pending { until_ms, .. } => now_ms < *until_ms,
+        State::Failed => false,
+    }
+}
+
+/// The provider's keys for checking a signed answer, if it has any now.
+fn provider_keys(state: &VmState, provider: usize) -> Option<Rc<KeySet>> {
+    match &state.config.providers.get(provider)?.keys {
+        KeySource::Inline(keys) => Some(keys.clone()),
+        KeySource::Remote(_) => {
+            let keyring = super::keys::HostKeyring {
+                store: &state.keys,
+                metrics: &state.metrics,
+            };
+            match keyring.keys(provider) {
+                Keys::Ready(keys) => Some(keys),
+                Keys::Pending | Keys::Unavailable => None,
+            }
+        }
+    }
+}
+
+/// A callout answered (in the context that made it). Writes the answer, or the
+/// failure, for all workers. Returns whether it was one of ours.
+pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
+    let Some(flight) = state.flights.flights.borrow_mut().remove(&token_id) else {
+        return false;
+    };
+    let Some(exchange) = state.config.exchanges.get(flight.exchange) else {
+        return true;
+    };
+    let now_ms = now_ms();
+    let header = |name: &str| {
+        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
+    };
+    let status = header(":status").and_then(|s| s.parse::<u32>().ok());
+    let content_type = header("content-type");
+    let authorization = header("authorization");
+    // Cap, then read: an oversized answer is never copied into the VM.
+    let body = if body_size <= MAX_ANSWER_BYTES {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let answer = Answer {
+        status,
+        content_type: content_type.as_deref(),
+        authorization: authorization.as_deref(),
+        body: &body,
+        body_size,
+    };
+    let keys = provider_keys(state, exchange.provider);
+    let metrics = &state.metrics;
+    let now = now_ms / 1000;
+    let record = match state.config.providers.get(exchange.provider) {
+        Some(provider) => match answer::read(exchange, provider, keys.as_deref(), &answer, now) {
+            Ok(resolved) => {
+                if matches!(resolved, Resolved::Refused(_)) {
+                    metrics.increment(Counter::Exchange(flight.exchange, ExchangeEvent::Inactive));
+                }
+                resolved_record(exchange, flight.key, resolved, now)
+            }
+            Err(e) => {
+                log::error!("tokengate: exchange {}: {}", exchange.name, e.describe());
+                metrics.increment(Counter::Exchange(
+                    flight.exchange,
+                    ExchangeEvent::CalloutFailure,
+                ));
+                Record {
+                    key: flight.key,
+                    state: State::Failed,
+                }
+            }
+        },
+        None => Record {
+            key: flight.key,
+            state: State::Failed,
+        },
+    };
+    metrics.record_histogram(
+        &crate::stats::exchange_latency_histogram(&exchange.name),
+        now_ms.saturating_sub(flight.started_ms),
+    );
+    write_slot(exchange, &record, None);
+    true
+}
+
+/// The stream `context_id` ended: its callouts were cancelled with it. Releases their
+/// leases so other requests for those tokens ask again at once.
+pub fn forget_context(state: &VmState, context_id: u32) {
+    let mut flights = state.flights.flights.borrow_mut();
+    let gone: Vec<u32> = flights
+        .iter()
+        .filter(|(_, f)| f.context_id == context_id)
+        .map(|(token, _)| *token)
+        .collect();
+    for token in gone {
+        let Some(flight) = flights.remove(&token) else {
+            continue;
+        };
+        let Some(exchange) = state.config.exchanges.get(flight.exchange) else {
+            continue;
+        };
+        if let (Some(record), cas) = read_slot(exchange, flight.key) {
+            let ours =
+                matches!(record.state, State::Pending { holder, .. } if holder == state.nonce);
+            if record.key == flight.key && ours {
+                let failed = Record {
+                    key: flight.key,
+                    state: State::Failed,
+                };
+                write_slot(exchange, &failed, cas);
+            }
+        }
+    }
+}
