@@ -1104,3 +1104,262 @@ mod remote_tests {
         assert_eq!(ready.refetches.get(), 0);
     }
 }
+
+#[cfg(test)]
+mod exchange_tests {
+    use super::*;
+    use crate::testutil::*;
+    use serde_json::json;
+    use std::cell::RefCell;
+
+    /// A store whose shared answer the test sets, recording every lookup.
+    struct FakeStore {
+        answer: RefCell<Lookup>,
+        lookups: RefCell<Vec<(TokenKey, String, bool)>>,
+    }
+
+    impl ExchangeStore for FakeStore {
+        fn lookup(&self, _: usize, key: TokenKey, token: &str, may_start: bool) -> Lookup {
+            self.lookups
+                .borrow_mut()
+                .push((key, token.to_owned(), may_start));
+            self.answer.borrow().clone()
+        }
+    }
+
+    fn store(answer: Lookup) -> FakeStore {
+        FakeStore {
+            answer: RefCell::new(answer),
+            lookups: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn config() -> Config {
+        let doc = json!({
+            "realm": "api",
+            "providers": { "corp": {
+                "issuer": ISSUER,
+                "jwks": { "inline": public_jwks() },
+                "forward": { "claims": { "sub": "x-user-id" } }
+            } },
+            "exchanges": { "opaque": {
+                "sources": [{"header": "authorization", "prefix": "Bearer "}],
+                "mode": "token_exchange",
+                "endpoint": { "uri": "http://auth/token", "cluster": "auth" },
+                "client": { "id": "gateway", "secret": "s3cret" },
+                "provider": "corp",
+                "upstream": { "header": "authorization", "prefix": "Bearer " }
+            } },
+            "rules": [{ "match": {}, "authn": { "any": ["corp", "opaque"] } }]
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn request(auth: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            host: "svc".into(),
+            headers: vec![
+                ("authorization".into(), auth.into()),
+                ("x-user-id".into(), "spoofed".into()),
+            ],
+        }
+    }
+
+    fn active(jwt: &str) -> Lookup {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        Lookup::Answer(State::Active {
+            until: NOW + 60,
+            claims,
+            jwt: Some(jwt.into()),
+        })
+    }
+
+    fn run(
+        config: &Config,
+        store: &FakeStore,
+        caches: &mut Caches,
+        auth: &str,
+        waited: bool,
+    ) -> Decision {
+        let services = Services {
+            keyring: &NoRemoteKeys,
+            exchanges: store,
+        };
+        decide(config, services, &request(auth), NOW, caches, waited)
+    }
+
+    #[test]
+    fn an_active_opaque_token_sends_the_exchanged_jwt_upstream_never_the_token() {
+        let config = config();
+        let store = store(active("exchanged.jwt.value"));
+        let mut caches = Caches::for_config(&config);
+        let decision = run(&config, &store, &mut caches, "Bearer opaque-123", false);
+        assert_eq!(
+            decision.outcome,
+            Outcome::Forward(vec![
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Remove("x-user-id".into()),
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Set("x-user-id".into(), "alice".into()),
+                HeaderEdit::Set("authorization".into(), "Bearer exchanged.jwt.value".into()),
+            ])
+        );
+        let lookups = store.lookups.borrow();
+        assert_eq!(lookups.len(), 1);
+        assert_eq!(lookups[0].1, "opaque-123");
+        assert_ne!(format!("{:?}", lookups[0].0), "opaque-123");
+    }
+
+    #[test]
+    fn the_second_request_is_answered_by_the_vm_cache_without_a_lookup() {
+        let config = config();
+        let store = store(active("a.b.c"));
+        let mut caches = Caches::for_config(&config);
+        run(&config, &store, &mut caches, "Bearer opaque-123", false);
+        let again = run(&config, &store, &mut caches, "Bearer opaque-123", false);
+        assert!(matches!(again.outcome, Outcome::Forward(_)));
+        assert_eq!(store.lookups.borrow().len(), 1);
+        assert_eq!(
+            again.counters,
+            vec![Counter::Exchange(0, ExchangeEvent::Hit), Counter::Allowed]
+        );
+    }
+
+    #[test]
+    fn an_unknown_token_waits_once_for_the_callout_then_gets_503() {
+        let config = config();
+        let store = store(Lookup::Pending);
+        let mut caches = Caches::for_config(&config);
+        let first = run(&config, &store, &mut caches, "Bearer opaque-123", false);
+        let Outcome::Wait(waits) = &first.outcome else {
+            panic!("{first:?}")
+        };
+        assert_eq!(waits.exchanges.len(), 1);
+        assert!(
+            store.lookups.borrow()[0].2,
+            "the first try may start a callout"
+        );
+        let later = run(&config, &store, &mut caches, "Bearer opaque-123", true);
+        assert_eq!(
+            later.refusal,
+            Some(Refusal::Authn(AuthnError::ExchangeUnavailable))
+        );
+        assert!(
+            !store.lookups.borrow()[1].2,
+            "a resumed request starts no callout"
+        );
+        let Outcome::Deny(deny) = later.outcome else {
+            panic!()
+        };
+        assert_eq!(deny.status, 503);
+    }
+
+    #[test]
+    fn an_inactive_token_is_invalid_token_and_the_refusal_is_cached() {
+        let config = config();
+        let store = store(Lookup::Answer(State::Refused {
+            until: NOW + 5,
+            reason: AuthnError::Inactive,
+        }));
+        let mut caches = Caches::for_config(&config);
+        let decision = run(&config, &store, &mut caches, "Bearer revoked", false);
+        assert_eq!(decision.refusal, Some(Refusal::Authn(AuthnError::Inactive)));
+        run(&config, &store, &mut caches, "Bearer revoked", false);
+        assert_eq!(store.lookups.borrow().len(), 1);
+    }
+
+    #[test]
+    fn an_expired_shared_answer_is_not_used() {
+        let config = config();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let store = store(Lookup::Answer(State::Active {
+            until: NOW,
+            claims,
+            jwt: None,
+        }));
+        let mut caches = Caches::for_config(&config);
+        let decision = run(&config, &store, &mut caches, "Bearer opaque", true);
+        assert_eq!(
+            decision.refusal,
+            Some(Refusal::Authn(AuthnError::ExchangeUnavailable))
+        );
+    }
+
+    #[test]
+    fn a_jwt_goes_to_the_providers_only_and_an_opaque_token_to_the_exchange_only() {
+        let config = config();
+        let store = store(Lookup::Unavailable);
+        let mut caches = Caches::for_config(&config);
+        let jwt = format!("Bearer {}", token("es256", &good_claims()));
+        let decision = run(&config, &store, &mut caches, &jwt, false);
+        assert!(
+            matches!(decision.outcome, Outcome::Forward(_)),
+            "{decision:?}"
+        );
+        assert!(store.lookups.borrow().is_empty());
+        let opaque = run(&config, &store, &mut caches, "Bearer not-a-jwt", false);
+        // The exchange's failure, not the provider's "malformed".
+        assert_eq!(
+            opaque.refusal,
+            Some(Refusal::Authn(AuthnError::ExchangeUnavailable))
+        );
+    }
+
+    #[test]
+    fn a_jwt_where_only_an_exchange_applies_is_refused_as_such() {
+        let mut config = config();
+        config.rules[0].action = RuleAction::Authn {
+            requirement: AuthnRequirement::Any(vec![Authenticator::Exchange(0)]),
+            optional: false,
+        };
+        let store = store(active("a.b.c"));
+        let mut caches = Caches::for_config(&config);
+        let jwt = format!("Bearer {}", token("es256", &good_claims()));
+        let decision = run(&config, &store, &mut caches, &jwt, false);
+        assert_eq!(
+            decision.refusal,
+            Some(Refusal::Authn(AuthnError::UnexpectedJwt))
+        );
+        assert!(store.lookups.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_minted_jwks_is_served_before_any_rule() {
+        let doc = json!({
+            "providers": { "corp": { "issuer": ISSUER, "jwks": { "inline": public_jwks() } } },
+            "exchanges": { "opaque": {
+                "mode": "introspection",
+                "endpoint": { "uri": "http://auth/introspect", "cluster": "auth" },
+                "client": { "id": "gateway", "secret": "s3cret" },
+                "provider": "corp",
+                "upstream": { "header": "authorization", "prefix": "Bearer " },
+                "mint": { "issuer": "https://gw", "alg": "EdDSA", "key": private_jwk("eddsa"),
+                          "jwks_path": "/.well-known/tokengate/jwks.json" }
+            } }
+        });
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let request = Request {
+            method: "GET".into(),
+            path: "/.well-known/tokengate/jwks.json".into(),
+            ..Request::default()
+        };
+        let decision = decide(
+            &config,
+            Services::local(),
+            &request,
+            NOW,
+            &mut Caches::for_config(&config),
+            false,
+        );
+        let Outcome::Reply(reply) = decision.outcome else {
+            panic!("{decision:?}")
+        };
+        let jwks: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(jwks["keys"][0]["x"], private_jwk("eddsa")["x"]);
+        assert!(jwks["keys"][0].get("d").is_none(), "never the private part");
+    }
+}

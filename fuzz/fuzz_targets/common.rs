@@ -38,3 +38,23 @@ pub fn config() -> Config {
     });
     Config::from_json(doc.to_string().as_bytes()).unwrap()
 }
+
+/// A configuration with one exchange of this mode, through the `corp` provider.
+pub fn exchange_config(mode: &str) -> Config {
+    let uri = if mode == "session" { "http://auth/sessions/{token}" } else { "http://auth/introspect" };
+    let doc = serde_json::json!({
+        "providers": { "corp": {
+            "issuer": "https://idp.test/realms/demo",
+            "jwks": { "inline": public_jwks() },
+            "forward": { "claims": { "sub": "x-user-id" } }
+        } },
+        "exchanges": { "opaque": {
+            "mode": mode,
+            "endpoint": { "uri": uri, "cluster": "auth" },
+            "client": { "id": "gateway", "secret": "s3cret" },
+            "provider": "corp",
+            "audiences": ["orders"]
+        } }
+    });
+    Config::from_json(doc.to_string().as_bytes()).unwrap()
+}

@@ -4,10 +4,9 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use tokengate::token::cache::TokenCache;
 use tokengate::config::Config;
+use tokengate::flow::{decide, Caches, Services};
 use tokengate::token::extract::Request;
-use tokengate::flow::{decide, NoRemoteKeys};
 
 thread_local! {
     // The config holds Rc (the filter is single-threaded per VM); libFuzzer runs on one thread.
@@ -28,7 +27,7 @@ fn run(config: &Config, data: &[u8]) {
         .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
         .collect();
     let request = Request { method, path, host: "fuzz".into(), headers };
-    let mut cache = TokenCache::new(1, 16, 4096);
-    let _ = decide(config, &NoRemoteKeys, &request, common::NOW, &mut cache, false);
-    let _ = decide(config, &NoRemoteKeys, &request, common::NOW, &mut cache, true);
+    let mut caches = Caches::for_config(config);
+    let _ = decide(config, Services::local(), &request, common::NOW, &mut caches, false);
+    let _ = decide(config, Services::local(), &request, common::NOW, &mut caches, true);
 }

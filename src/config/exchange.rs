@@ -422,3 +422,123 @@ fn compile_mint(at: &str, mut raw: Slots) -> Result<Mint, ConfigError> {
         public_jwks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::exchange::tests_support::exchange_json;
+    use crate::testutil::*;
+    use serde_json::{json, Value};
+
+    fn error_for(exchange: Value) -> (String, String) {
+        let doc = json!({
+            "providers": { "corp": { "issuer": ISSUER, "jwks": { "inline": public_jwks() } } },
+            "exchanges": { "opaque": exchange }
+        });
+        let e = Config::from_json(doc.to_string().as_bytes()).unwrap_err();
+        (e.path, e.message)
+    }
+
+    fn with(mode: &str, change: impl FnOnce(&mut Value)) -> Value {
+        let mut exchange = exchange_json(mode);
+        change(&mut exchange);
+        exchange
+    }
+
+    #[test]
+    fn every_field_is_checked_with_its_path() {
+        let cases = [
+            (
+                with("introspection", |e| e["mode"] = json!("magic")),
+                "exchanges.opaque.mode",
+            ),
+            (
+                with("introspection", |e| e["provider"] = json!("nobody")),
+                "exchanges.opaque.provider",
+            ),
+            (
+                with("introspection", |e| e["endpoint"]["uri"] = json!("ftp://x")),
+                "exchanges.opaque.endpoint.uri",
+            ),
+            (
+                with("introspection", |e| e["endpoint"]["bogus"] = json!(1)),
+                "exchanges.opaque.endpoint.bogus",
+            ),
+            (
+                with("introspection", |e| {
+                    e.as_object_mut().unwrap().remove("client");
+                }),
+                "exchanges.opaque.client",
+            ),
+            (
+                with("introspection", |e| e["cache"]["max_entries"] = json!(0)),
+                "exchanges.opaque.cache.max_entries",
+            ),
+            (
+                with("introspection", |e| e["upstream"]["header"] = json!("host")),
+                "exchanges.opaque.upstream.header",
+            ),
+            (
+                with("introspection", |e| {
+                    e["token_exchange"] = json!({"scope": "x"})
+                }),
+                "exchanges.opaque.token_exchange",
+            ),
+            (
+                with("session", |e| {
+                    e["endpoint"]["uri"] = json!("http://s/sessions")
+                }),
+                "exchanges.opaque.endpoint.uri",
+            ),
+        ];
+        for (exchange, path) in cases {
+            assert_eq!(error_for(exchange).0, path);
+        }
+    }
+
+    #[test]
+    fn a_mint_key_that_is_public_only_or_of_another_type_is_refused_without_echoing_it() {
+        let mut public = private_jwk("es256");
+        public.as_object_mut().unwrap().remove("d");
+        let mint = |key: Value, alg: &str| {
+            with("introspection", |e| {
+                e["mint"] = json!({"issuer": "https://gw", "alg": alg, "key": key})
+            })
+        };
+        let (path, message) = error_for(mint(public, "ES256"));
+        assert_eq!(path, "exchanges.opaque.mint.key");
+        assert!(message.contains("public key"), "{message}");
+        let rsa = private_jwk("rs256");
+        let (path, message) = error_for(mint(rsa.clone(), "ES256"));
+        assert_eq!(path, "exchanges.opaque.mint.key");
+        assert!(!message.contains(rsa["d"].as_str().unwrap()));
+        assert_eq!(
+            error_for(mint(private_jwk("eddsa"), "RS256")).0,
+            "exchanges.opaque.mint.alg"
+        );
+    }
+
+    #[test]
+    fn an_exchange_may_not_share_a_providers_name_and_rules_can_name_it() {
+        let doc = json!({
+            "providers": { "corp": { "issuer": ISSUER, "jwks": { "inline": public_jwks() } } },
+            "exchanges": { "corp": exchange_json("introspection") }
+        });
+        assert_eq!(
+            Config::from_json(doc.to_string().as_bytes())
+                .unwrap_err()
+                .path,
+            "exchanges.corp"
+        );
+        let doc = json!({
+            "providers": { "corp": { "issuer": ISSUER, "jwks": { "inline": public_jwks() } } },
+            "exchanges": { "opaque": exchange_json("introspection") },
+            "rules": [{ "match": {}, "authn": { "any": ["opaque", "corp"] } }]
+        });
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        // The upstream header is an identity header: stripped from every request.
+        assert!(config
+            .identity_headers
+            .contains(&"authorization".to_owned()));
+    }
+}
