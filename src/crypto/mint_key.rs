@@ -1,7 +1,9 @@
 //! The gateway's own signing key, in the .wasm: exchanges with `mint` sign a short JWT
 //! from an identity so that the services behind the gateway verify one kind of token.
 //!
-//! ES256 is p256's ECDSA (RFC 6979 deterministic nonces, constant-time). EdDSA is
+//! ES256 is p256's constant-time ECDSA (ecdsa's `sign_prehashed`) with the RFC 6979
+//! §3.2 deterministic nonce computed over the module's HMAC-SHA-256, so the signatures
+//! are byte for byte those of p256's own signer (the tests check it). EdDSA is
 //! RFC 8032 §5.1.6 over curve25519-dalek's constant-time arithmetic (its scalar-by-
 //! basepoint product and scalar field; never the verifier's variable-time tables) with
 //! the module's one SHA-512 (hmac-sha512). Both are checked against independent signers
@@ -172,11 +174,7 @@ impl MintKey {
     /// The raw JWS signature over `message`.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         match &self.secret {
-            Secret::P256(key) => {
-                use p256::ecdsa::signature::Signer;
-                let signature: p256::ecdsa::Signature = key.sign(message);
-                signature.to_bytes().to_vec()
-            }
+            Secret::P256(key) => es256_sign(key, message),
             Secret::Ed25519 {
                 scalar,
                 prefix,
@@ -192,6 +190,47 @@ impl MintKey {
             }
         }
     }
+}
+
+/// ECDSA P-256 over SHA-256 with the RFC 6979 §3.2 nonce.
+fn es256_sign(key: &p256::ecdsa::SigningKey, message: &[u8]) -> Vec<u8> {
+    use p256::elliptic_curve::ops::Reduce;
+    use p256::elliptic_curve::PrimeField;
+    use p256::{FieldBytes, NonZeroScalar, Scalar};
+
+    let h1 = hmac_sha256::Hash::hash(message);
+    let d: &NonZeroScalar = key.as_nonzero_scalar();
+    let x = d.to_repr();
+    // bits2octets(h1): qlen = hlen = 256, so the hash reduced mod q.
+    let h1_reduced = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(h1)).to_repr();
+    let hmac = |k: &[u8; 32], parts: &[&[u8]]| {
+        let mut mac = hmac_sha256::HMAC::new(k);
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize()
+    };
+    let mut v = [1u8; 32];
+    let mut k = [0u8; 32];
+    k = hmac(&k, &[&v, &[0], &x, &h1_reduced]);
+    v = hmac(&k, &[&v]);
+    k = hmac(&k, &[&v, &[1], &x, &h1_reduced]);
+    v = hmac(&k, &[&v]);
+    // Each round yields a candidate in [1, q) with probability ≈ 1 − 2⁻³²: the bound is
+    // never reached in practice, and an empty signature fails closed at the verifier.
+    for _ in 0..64 {
+        v = hmac(&k, &[&v]);
+        let candidate = NonZeroScalar::from_repr(FieldBytes::from(v)).into_option();
+        if let Some(nonce) = candidate {
+            if let Ok((signature, _)) = ecdsa::hazmat::sign_prehashed(d, &nonce, &h1) {
+                let signature: p256::ecdsa::Signature = signature;
+                return signature.to_bytes().to_vec();
+            }
+        }
+        k = hmac(&k, &[&v, &[0]]);
+        v = hmac(&k, &[&v]);
+    }
+    Vec::new()
 }
 
 /// RFC 8032 §5.1.5: the secret scalar, nonce prefix and public key of a seed.
@@ -244,6 +283,19 @@ mod tests {
             assert_eq!(key.sign(message), oracle.sk.sign(message, None).to_vec());
         }
         assert_eq!(key.public_jwk()["x"], jwk["x"]);
+    }
+
+    #[test]
+    fn es256_signatures_equal_p256s_rfc_6979_ones() {
+        use p256::ecdsa::signature::Signer;
+        let jwk = private_jwk("es256");
+        let key = MintKey::from_jwk(&jwk, Alg::ES256).unwrap();
+        let d = b64::decode(jwk["d"].as_str().unwrap().as_bytes()).unwrap();
+        let oracle = p256::ecdsa::SigningKey::from_slice(&d).unwrap();
+        for message in [&b""[..], b"sample", b"test", &[0x5au8; 777]] {
+            let expected: p256::ecdsa::Signature = oracle.sign(message);
+            assert_eq!(key.sign(message), expected.to_bytes().to_vec());
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Record {
                 let (jwt, claims) = rest.split_once('\n')?;
                 State::Active {
                     until,
-                    claims: serde_json::from_str(claims).ok()?,
+                    claims: serde_json::from_slice(claims.as_bytes()).ok()?,
                     jwt: (!jwt.is_empty()).then(|| jwt.to_owned()),
                 }
             }
