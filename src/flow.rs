@@ -239,7 +239,7 @@ pub fn decide(
     }
 
     let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
-    let mut worst: Option<AuthnError> = jwt_for_exchange.then_some(AuthnError::UnexpectedJwt);
+    let mut worst: Option<AuthnError> = None;
     let mut waits = Waits::default();
     let context = Context {
         services,
@@ -304,7 +304,11 @@ pub fn decide(
                 refusal: None,
             };
         }
-        let error = worst.unwrap_or(AuthnError::Missing);
+        // A JWT that only an exchange's source held is the reason only when no
+        // provider had anything more specific to say about what it tried.
+        let error = worst
+            .or(jwt_for_exchange.then_some(AuthnError::UnexpectedJwt))
+            .unwrap_or(AuthnError::Missing);
         return refuse(config, Refusal::Authn(error), rule_index, counters);
     }
 
@@ -415,8 +419,6 @@ fn attempts<'r>(
             }
         }
     }
-    // A JWT that only an exchange's source held is reported as such only when no
-    // provider has anything to say.
     (attempts, jwt_for_exchange)
 }
 
@@ -1307,6 +1309,24 @@ mod exchange_tests {
             opaque.refusal,
             Some(Refusal::Authn(AuthnError::ExchangeUnavailable))
         );
+    }
+
+    #[test]
+    fn an_expired_jwt_on_a_rule_with_an_exchange_is_refused_as_expired() {
+        let config = config();
+        let store = store(Lookup::Unavailable);
+        let mut claims = good_claims();
+        claims["exp"] = json!(NOW - 3600);
+        let auth = format!("Bearer {}", token("es256", &claims));
+        let decision = run(
+            &config,
+            &store,
+            &mut Caches::for_config(&config),
+            &auth,
+            false,
+        );
+        assert_eq!(decision.refusal, Some(Refusal::Authn(AuthnError::Expired)));
+        assert!(store.lookups.borrow().is_empty());
     }
 
     #[test]

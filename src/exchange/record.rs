@@ -89,7 +89,8 @@ impl Record {
 
 /// The record for a resolved answer at `now` (seconds): an identity lives at most
 /// `max_secs` and never past its `exp` (nor past the minted token's); a refusal lives
-/// `negative_secs`. The minted token is signed here, once per answer.
+/// `negative_secs`. The minted token is signed here, once per answer: it lives
+/// `ttl_secs`, never past the identity's `exp`.
 pub fn resolved_record(exchange: &Exchange, key: TokenKey, resolved: Resolved, now: u64) -> Record {
     let state = match resolved {
         Resolved::Refused(reason) => State::Refused {
@@ -104,12 +105,15 @@ pub fn resolved_record(exchange: &Exchange, key: TokenKey, resolved: Resolved, n
             }
             let jwt = match &exchange.mint {
                 Some(mint) => {
-                    let minted_exp = now.saturating_add(mint.ttl_secs).min(until);
-                    until = minted_exp;
-                    Some(
-                        mint.key
-                            .sign_jwt(&minted_claims(exchange, &claims, now, minted_exp)),
-                    )
+                    // The minted token may outlive the cache entry (so a hit never sends
+                    // one about to expire), never `ttl_secs` nor the identity's `exp`.
+                    let mut minted_exp = now.saturating_add(mint.ttl_secs);
+                    if let Some(exp) = exp {
+                        minted_exp = minted_exp.min(exp);
+                    }
+                    until = until.min(minted_exp);
+                    let minted = minted_claims(exchange, &claims, now, minted_exp);
+                    Some(mint.key.sign_jwt(&minted))
                 }
                 None => jwt,
             };

@@ -156,6 +156,7 @@ impl HostExchanges<'_> {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         let metrics = &self.state.metrics;
+        metrics.increment(Counter::Exchange(id, ExchangeEvent::Miss));
         match hostcalls::dispatch_http_call(
             &request.cluster,
             headers,
@@ -164,7 +165,6 @@ impl HostExchanges<'_> {
             Duration::from_millis(request.timeout_ms),
         ) {
             Ok(token_id) => {
-                metrics.increment(Counter::Exchange(id, ExchangeEvent::Miss));
                 self.state.flights.flights.borrow_mut().insert(
                     token_id,
                     Flight {
