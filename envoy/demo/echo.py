@@ -3,12 +3,15 @@
 
     {"method": "GET", "path": "/api/orders?page=2",
      "identity": {"x-user-id": ..., "x-user-scope": ..., "x-user-roles": ...,
-                  "x-jwt-payload": "<base64url>", "x-jwt-payload-decoded": {...claims...}},
+                  "x-jwt-payload": "<base64url>", "x-jwt-payload-decoded": {...claims...},
+                  "bearer-jwt-decoded": {"header": {...}, "claims": {...}}},
      "headers": {...every request header, lower-case names...}}
 
 It shows what reaches a service behind tokengate: the identity headers the filter set, and
 that the token itself (authorization header, access_token cookie or query parameter) was
-removed. Python standard library only; listens on 127.0.0.1 only.
+removed. For the exchanges (opaque token or session in, JWT out), "bearer-jwt-decoded" is
+the header and claims of the JWT the filter put in `authorization: Bearer ...` (decoded,
+not verified: it is for looking at). Python standard library only; listens on 127.0.0.1 only.
 
     python3 envoy/demo/echo.py --port 8000
 """
@@ -33,6 +36,18 @@ def decode_payload(value):
         return None
 
 
+def decode_bearer_jwt(authorization):
+    """`Bearer <JWT>` -> {"header": ..., "claims": ...}; None for anything else."""
+    scheme, _, token = (authorization or "").partition(" ")
+    parts = token.strip().split(".")
+    if scheme.lower() != "bearer" or len(parts) != 3:
+        return None
+    header, claims = decode_payload(parts[0]), decode_payload(parts[1])
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return None
+    return {"header": header, "claims": claims}
+
+
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive with Envoy; every answer has Content-Length
     server_version = "tokengate-demo-echo"
@@ -51,6 +66,7 @@ class Echo(BaseHTTPRequestHandler):
         identity = {name: headers.get(name) for name in IDENTITY_HEADERS}
         payload = headers.get("x-jwt-payload")
         identity["x-jwt-payload-decoded"] = decode_payload(payload) if payload else None
+        identity["bearer-jwt-decoded"] = decode_bearer_jwt(headers.get("authorization"))
 
         body = json.dumps(
             {"method": self.command, "path": self.path, "identity": identity, "headers": headers},

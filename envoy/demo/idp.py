@@ -1,38 +1,179 @@
 #!/usr/bin/env python3
-"""Demo identity provider for `make run`: OIDC discovery and a JWKS, nothing else.
+"""Demo identity provider for `make run`: OIDC discovery, a JWKS, opaque tokens and sessions.
 
-    GET /demo/.well-known/openid-configuration
-        {"issuer": "http://127.0.0.1:<port>/demo",
-         "jwks_uri": "http://127.0.0.1:<port>/demo/jwks.json", ...}
-    GET /demo/jwks.json   the JWKS file named on the command line, re-read on every
-                          request (rewrite the file to rotate keys), with
-                          cache-control: max-age=300
-    GET /demo/stats       {"requests": {"<path>": count, ...}} -- for tests: how many
-                          times each path was asked for (this path itself not counted)
-    anything else         404
+Keys (what tokengate's provider "demo" reads by OIDC discovery):
 
-tokengate fetches the discovery document through the Envoy cluster "demo_idp", checks
-that its "issuer" is exactly the provider's issuer, then fetches "jwks_uri". It does not
-issue tokens: the demo mints them with `tokengate token` and the private keys next to the
-JWKS file. Python standard library only; listens on 127.0.0.1 only.
+    GET  /demo/.well-known/openid-configuration
+         {"issuer": "http://127.0.0.1:<port>/demo",
+          "jwks_uri": "http://127.0.0.1:<port>/demo/jwks.json",
+          "introspection_endpoint": ..., "token_endpoint": ..., "revocation_endpoint": ...}
+    GET  /demo/jwks.json   the JWKS file named on the command line, re-read on every
+                           request (rewrite the file to rotate keys), with
+                           cache-control: max-age=300
+    GET  /demo/stats       {"requests": {"<METHOD> <path>": count, ...}} -- for tests: how many
+                           times each endpoint was asked for (this path itself not counted;
+                           GETs are counted under the bare path, session lookups under
+                           "/demo/sessions/{id}")
 
-    python3 envoy/demo/idp.py --port 9000 .run/jwks.json
+Opaque tokens and sessions (what tokengate's exchanges call; the gateway-centric and
+session patterns). Tokens and sessions live in memory until they expire or are revoked:
+
+    POST /demo/opaque      form sub=, scope=, expires_in= (seconds, default 3600),
+                           client_id= (default demo-app): issues an opaque access token,
+                           {"access_token": "<random>", "token_type": "Bearer", "expires_in": N}.
+                           Demo only: anyone may ask, as if they had just logged in
+    POST /demo/sessions    form sub=, scope=, expires_in=: starts a session,
+                           {"session": "<random id>", "expires_in": N}
+    POST /demo/revoke      RFC 7009, form token=: forgets the token or session; always 200
+                           (demo: no client authentication)
+    POST /demo/introspect  RFC 7662, form token=, HTTP Basic client authentication
+                           (client id and secret form-urlencoded, then base64):
+                           {"active": true, "sub", "scope", "iss", "exp", "iat", "aud",
+                            "client_id", "token_type"} or {"active": false}. With
+                           Accept: application/token-introspection+jwt (RFC 9701), the same
+                           answer signed: a JWT with typ token-introspection+jwt, iss, aud =
+                           the calling client's id, iat, and token_introspection: {...}
+    POST /demo/token       RFC 8693 token exchange (HTTP Basic client authentication):
+                           grant_type=urn:ietf:params:oauth:grant-type:token-exchange,
+                           subject_token=<opaque token>, subject_token_type=
+                           urn:ietf:params:oauth:token-type:access_token, optional audience=,
+                           scope= (a subset of the token's), requested_token_type=
+                           urn:ietf:params:oauth:token-type:jwt -> {"access_token": <JWT>,
+                           "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                           "token_type": "N_A", "expires_in": N}; a token that is not active
+                           -> 400 {"error": "invalid_grant"}
+    GET  /demo/sessions/{id}
+                           200 with a JWT for the session's user (content-type
+                           application/jwt), or 404
+
+Wrong client credentials at /introspect or /token: 401 {"error": "invalid_client"}.
+The JWTs (signed introspection answers, exchanged tokens, session tokens) are RS256,
+signed with --signing-key (a private JWK whose public half is in the served JWKS), so the
+filter verifies them with the demo provider's keys. They carry iss = the issuer, and (but
+for signed introspection answers) aud = --audience and exp at most --jwt-ttl seconds away,
+never past the token's or session's own expiry.
+
+Everything else: 404. Python standard library only; listens on 127.0.0.1 only.
+
+    python3 envoy/demo/idp.py --port 9000 --signing-key .run/demo-rs256.jwk \\
+        --audience demo-api --client gateway:s3cret .run/jwks.json
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
 import json
+import secrets
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, unquote_plus
 
 PREFIX = "/demo"
 DISCOVERY_PATH = PREFIX + "/.well-known/openid-configuration"
 JWKS_PATH = PREFIX + "/jwks.json"
 STATS_PATH = PREFIX + "/stats"
+OPAQUE_PATH = PREFIX + "/opaque"
+SESSIONS_PATH = PREFIX + "/sessions"
+REVOKE_PATH = PREFIX + "/revoke"
+INTROSPECT_PATH = PREFIX + "/introspect"
+TOKEN_PATH = PREFIX + "/token"
 # The algorithms of the demo keys (envoy/demo/render.sh: DEMO_KIDS).
 SIGNING_ALGS = ["RS256", "EdDSA"]
 MAX_COUNTED = 100
+MAX_GRANTS = 10000  # tokens and sessions held at once; past it, new ones are refused
+MAX_BODY = 16384
+
+GRANT_TYPE_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+INTROSPECTION_JWT = "application/token-introspection+jwt"
+
+
+# --- RS256 (RSASSA-PKCS1-v1_5 with SHA-256, RFC 8017) with the standard library ---------
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_int(text):
+    return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+
+# DER of DigestInfo { sha256, NULL } up to the digest (RFC 8017, 9.2 note 1).
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+class Rs256Key:
+    """A private RSA JWK (n, e, d, p, q; as `tokengate keygen --alg RS256` writes it)."""
+
+    def __init__(self, jwk):
+        if jwk.get("kty") != "RSA" or jwk.get("alg", "RS256") != "RS256":
+            raise ValueError("not an RS256 key (kty RSA)")
+        self.kid = jwk.get("kid")
+        self.n, self.e, self.d = (b64url_int(jwk[k]) for k in ("n", "e", "d"))
+        self.p, self.q = b64url_int(jwk["p"]), b64url_int(jwk["q"])
+        if self.p * self.q != self.n:
+            raise ValueError("p * q is not n")
+        self.dp, self.dq = self.d % (self.p - 1), self.d % (self.q - 1)
+        self.qinv = pow(self.q, -1, self.p)
+        self.size = (self.n.bit_length() + 7) // 8
+
+    def sign(self, message):
+        t = SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+        em = b"\x00\x01" + b"\xff" * (self.size - len(t) - 3) + b"\x00" + t
+        m = int.from_bytes(em, "big")
+        # CRT, then a check with the public exponent (a faulty signature is never sent).
+        s1, s2 = pow(m, self.dp, self.p), pow(m, self.dq, self.q)
+        s = s2 + self.q * ((self.qinv * (s1 - s2)) % self.p)
+        if pow(s, self.e, self.n) != m:
+            raise ValueError("RSA signature check failed")
+        return s.to_bytes(self.size, "big")
+
+    def jwt(self, claims, typ="JWT"):
+        header = {"alg": "RS256", "typ": typ}
+        if self.kid:
+            header["kid"] = self.kid
+        signing_input = (
+            b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
+        return signing_input + "." + b64url(self.sign(signing_input.encode()))
+
+
+# --- tokens and sessions -----------------------------------------------------------------
+class Grants:
+    """Opaque access tokens and sessions, in memory: value -> record."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items = {}
+
+    def issue(self, kind, record):
+        value = secrets.token_urlsafe(32)  # base64url, no dots: never looks like a JWT
+        with self.lock:
+            now = time.time()
+            if len(self.items) >= MAX_GRANTS:
+                self.items = {k: v for k, v in self.items.items() if v["exp"] > now}
+            if len(self.items) >= MAX_GRANTS:
+                return None
+            self.items[value] = dict(record, kind=kind)
+        return value
+
+    def active(self, kind, value):
+        """The record of an unexpired, unrevoked token or session of this kind, or None."""
+        with self.lock:
+            record = self.items.get(value)
+        if record is None or record["kind"] != kind or record["exp"] <= time.time():
+            return None
+        return record
+
+    def revoke(self, value):
+        with self.lock:
+            self.items.pop(value, None)
 
 
 class Idp(BaseHTTPRequestHandler):
@@ -46,13 +187,18 @@ class Idp(BaseHTTPRequestHandler):
     # Set by main().
     base_url = ""
     jwks_file = ""
+    signing_key = None
+    audience = ""
+    jwt_ttl = 300
+    clients = {}
+    grants = Grants()
     counts = {}
     lock = threading.Lock()
 
-    def send_json(self, status, doc, extra_headers=()):
-        body = json.dumps(doc, indent=2).encode() + b"\n"
+    # --- answers ---------------------------------------------------------------------
+    def send_body(self, status, body, content_type, extra_headers=()):
         self.send_response(status)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
         for name, value in extra_headers:
             self.send_header(name, value)
@@ -60,13 +206,31 @@ class Idp(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_json(self, status, doc, extra_headers=()):
+        body = json.dumps(doc, indent=2).encode() + b"\n"
+        self.send_body(status, body, "application/json", extra_headers)
+
+    def send_error_json(self, status, error, description=None, extra_headers=()):
+        doc = {"error": error}
+        if description:
+            doc["error_description"] = description
+        self.send_json(status, doc, [("cache-control", "no-store")] + list(extra_headers))
+
+    def count(self, key):
+        # Bounded: past MAX_COUNTED distinct keys, new ones are counted as "(other)".
+        with self.lock:
+            key = key if key in self.counts or len(self.counts) < MAX_COUNTED else "(other)"
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    # --- GET ---------------------------------------------------------------------------
     def do_GET(self):
         path = self.path.split("?", 1)[0]
-        if path != STATS_PATH:
-            # Bounded: past MAX_COUNTED distinct paths, new ones are counted as "(other)".
-            key = path if path in self.counts or len(self.counts) < MAX_COUNTED else "(other)"
-            with self.lock:
-                self.counts[key] = self.counts.get(key, 0) + 1
+        session_id = None
+        if path.startswith(SESSIONS_PATH + "/"):
+            session_id = unquote(path[len(SESSIONS_PATH) + 1 :])
+            self.count(SESSIONS_PATH + "/{id}")
+        elif path != STATS_PATH:
+            self.count(path)
 
         if path == DISCOVERY_PATH:
             self.send_json(
@@ -74,6 +238,13 @@ class Idp(BaseHTTPRequestHandler):
                 {
                     "issuer": self.base_url,
                     "jwks_uri": self.base_url + "/jwks.json",
+                    "introspection_endpoint": self.base_url + "/introspect",
+                    "token_endpoint": self.base_url + "/token",
+                    "revocation_endpoint": self.base_url + "/revoke",
+                    "grant_types_supported": [GRANT_TYPE_EXCHANGE],
+                    "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                    "introspection_signing_alg_values_supported": ["RS256"],
                     "id_token_signing_alg_values_supported": SIGNING_ALGS,
                     "response_types_supported": ["code"],
                     "subject_types_supported": ["public"],
@@ -89,21 +260,191 @@ class Idp(BaseHTTPRequestHandler):
                 sys.stderr.write(f"idp.py: cannot serve {self.jwks_file}: {e}\n")
                 self.send_json(503, {"error": "jwks unavailable"})
                 return
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.send_header("cache-control", "max-age=300")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self.send_body(200, body, "application/json", [("cache-control", "max-age=300")])
         elif path == STATS_PATH:
             with self.lock:
                 counts = dict(self.counts)
             self.send_json(200, {"requests": counts}, [("cache-control", "no-store")])
+        elif session_id is not None:
+            record = self.grants.active("session", session_id)
+            if record is None:
+                self.send_error_json(404, "not_found", "no such session")
+                return
+            claims = self.claims_for(record)
+            claims["sid"] = hashlib.sha256(session_id.encode()).hexdigest()[:16]
+            body = self.signing_key.jwt(claims).encode()
+            self.send_body(200, body, "application/jwt", [("cache-control", "no-store")])
         else:
             self.send_json(404, {"error": "not found"})
 
     do_HEAD = do_GET
+
+    # --- POST --------------------------------------------------------------------------
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        self.count("POST " + path)
+        form = self.read_form()
+        if form is None:
+            return
+        if path == OPAQUE_PATH:
+            self.issue("access_token", form)
+        elif path == SESSIONS_PATH:
+            self.issue("session", form)
+        elif path == REVOKE_PATH:
+            # RFC 7009: 200 whether or not the token was known.
+            self.grants.revoke(form.get("token", ""))
+            self.send_body(200, b"", "text/plain", [("cache-control", "no-store")])
+        elif path == INTROSPECT_PATH:
+            client = self.client_id()
+            if client is not None:
+                self.introspect(client, form)
+        elif path == TOKEN_PATH:
+            client = self.client_id()
+            if client is not None:
+                self.token_exchange(client, form)
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    def read_form(self):
+        """The request's form fields (the first value of each), or None after a 400/413."""
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            self.send_error_json(413 if length > MAX_BODY else 400, "invalid_request", "bad body length")
+            return None
+        body = self.rfile.read(length) if length else b""
+        try:
+            fields = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            self.send_error_json(400, "invalid_request", "the body is not UTF-8")
+            return None
+        return {name: values[0] for name, values in fields.items()}
+
+    def client_id(self):
+        """RFC 6749 2.3.1 client_secret_basic: the client's id, or None after a 401."""
+        header = self.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        client = secret = None
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+                raw_id, sep, raw_secret = decoded.partition(":")
+                if sep:
+                    client, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+            except (ValueError, UnicodeDecodeError):
+                pass
+        expected = self.clients.get(client) if client is not None else None
+        if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
+            self.send_error_json(
+                401, "invalid_client", "client authentication failed",
+                [("www-authenticate", 'Basic realm="demo"')],
+            )
+            return None
+        return client
+
+    def issue(self, kind, form):
+        try:
+            expires_in = int(form.get("expires_in") or 3600)
+        except ValueError:
+            expires_in = 0
+        if not 0 < expires_in <= 86400:
+            self.send_error_json(400, "invalid_request", "expires_in: 1 to 86400 seconds")
+            return
+        now = int(time.time())
+        record = {
+            "sub": form.get("sub") or "demo-user",
+            "scope": form.get("scope") or "read",
+            "client_id": form.get("client_id") or "demo-app",
+            "iat": now,
+            "exp": now + expires_in,
+        }
+        value = self.grants.issue(kind, record)
+        if value is None:
+            self.send_error_json(503, "temporarily_unavailable", "too many tokens")
+        elif kind == "session":
+            self.send_json(200, {"session": value, "expires_in": expires_in},
+                           [("cache-control", "no-store")])
+        else:
+            self.send_json(200, {"access_token": value, "token_type": "Bearer",
+                                 "expires_in": expires_in}, [("cache-control", "no-store")])
+
+    def claims_for(self, record, scope=None, audience=None):
+        """The claims of a JWT for a token or session: short-lived, never past its expiry."""
+        now = int(time.time())
+        return {
+            "iss": self.base_url,
+            "sub": record["sub"],
+            "aud": audience or self.audience,
+            "scope": scope if scope is not None else record["scope"],
+            "client_id": record["client_id"],
+            "iat": now,
+            "exp": min(record["exp"], now + self.jwt_ttl),
+            "jti": secrets.token_urlsafe(12),
+        }
+
+    def introspect(self, client, form):
+        record = self.grants.active("access_token", form.get("token", ""))
+        if record is None:
+            answer = {"active": False}
+        else:
+            answer = {
+                "active": True,
+                "sub": record["sub"],
+                "scope": record["scope"],
+                "iss": self.base_url,
+                "aud": self.audience,
+                "exp": record["exp"],
+                "iat": record["iat"],
+                "client_id": record["client_id"],
+                "token_type": "Bearer",
+            }
+        accept = [part.split(";", 1)[0].strip().lower()
+                  for part in self.headers.get("accept", "").split(",")]
+        if INTROSPECTION_JWT in accept:
+            # RFC 9701: the answer signed by the authorization server, for this client.
+            claims = {"iss": self.base_url, "aud": client, "iat": int(time.time()),
+                      "token_introspection": answer}
+            body = self.signing_key.jwt(claims, typ="token-introspection+jwt").encode()
+            self.send_body(200, body, INTROSPECTION_JWT, [("cache-control", "no-store")])
+        else:
+            self.send_json(200, answer, [("cache-control", "no-store")])
+
+    def token_exchange(self, client, form):
+        if form.get("grant_type") != GRANT_TYPE_EXCHANGE:
+            self.send_error_json(400, "unsupported_grant_type")
+            return
+        if form.get("subject_token_type") != TOKEN_TYPE_ACCESS or not form.get("subject_token"):
+            self.send_error_json(400, "invalid_request", "subject_token of type access_token expected")
+            return
+        if form.get("requested_token_type", TOKEN_TYPE_JWT) != TOKEN_TYPE_JWT:
+            self.send_error_json(400, "invalid_request", "only JWTs are issued")
+            return
+        record = self.grants.active("access_token", form["subject_token"])
+        if record is None:
+            self.send_error_json(400, "invalid_grant", "the subject token is not active")
+            return
+        scope = record["scope"]
+        if form.get("scope"):
+            granted = set(scope.split())
+            if not set(form["scope"].split()) <= granted:
+                self.send_error_json(400, "invalid_scope", "more scope than the subject token has")
+                return
+            scope = form["scope"]
+        claims = self.claims_for(record, scope=scope, audience=form.get("audience"))
+        claims["act"] = {"sub": client}  # RFC 8693 4.1: who asked for the exchange
+        self.send_json(
+            200,
+            {
+                "access_token": self.signing_key.jwt(claims),
+                "issued_token_type": TOKEN_TYPE_JWT,
+                "token_type": "N_A",
+                "expires_in": claims["exp"] - claims["iat"],
+            },
+            [("cache-control", "no-store")],
+        )
 
     def log_message(self, format, *args):  # quiet: no line per request
         pass
@@ -114,10 +455,31 @@ def main():
     parser.add_argument("jwks", help="the JWKS file to serve at /demo/jwks.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
+    parser.add_argument("--signing-key", required=True,
+                        help="private RS256 JWK that signs the JWTs the IdP issues (its public "
+                        "half must be in the JWKS)")
+    parser.add_argument("--audience", default="demo-api",
+                        help="aud of the JWTs the IdP issues (default demo-api)")
+    parser.add_argument("--jwt-ttl", type=int, default=300,
+                        help="lifetime of the JWTs the IdP issues, in seconds (default 300)")
+    parser.add_argument("--client", action="append", default=[], metavar="ID:SECRET",
+                        help="a client allowed at /introspect and /token (repeatable)")
     args = parser.parse_args()
 
     Idp.base_url = f"http://{args.host}:{args.port}{PREFIX}"
     Idp.jwks_file = args.jwks
+    Idp.audience = args.audience
+    Idp.jwt_ttl = args.jwt_ttl
+    for entry in args.client:
+        client, sep, secret = entry.partition(":")
+        if not sep or not client:
+            sys.exit(f"idp.py: --client {entry!r}: expected ID:SECRET")
+        Idp.clients[client] = secret
+    try:
+        with open(args.signing_key) as f:
+            Idp.signing_key = Rs256Key(json.load(f))
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"idp.py: --signing-key {args.signing_key}: {e}")
 
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.daemon_threads = True

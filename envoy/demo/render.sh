@@ -7,10 +7,16 @@
 # Executed:  envoy/demo/render.sh DIR
 #
 # Writes into DIR:
-#   demo-rs256.jwk, demo-eddsa.jwk   private development keys (generated once, kept)
+#   demo-rs256.jwk, demo-eddsa.jwk   private development keys (generated once, kept); the
+#                                    demo IdP also signs its own JWTs with demo-rs256
 #   jwks.json                        their public halves, served by envoy/demo/idp.py
+#   gateway/demo-gateway.jwk         the gateway's own ES256 key (exchange "minted" signs
+#                                    with it; its public half is in gateway/jwks.json and
+#                                    the filter serves it at DEMO_MINT_JWKS_PATH)
 #   tokengate.json                   the filter's configuration: the keys come from the
-#                                    demo IdP by OIDC discovery (cluster demo_idp)
+#                                    demo IdP by OIDC discovery (cluster demo_idp); opaque
+#                                    tokens and sessions are exchanged at the same IdP
+#                                    (cluster auth)
 #   envoy.yaml                       envoy/demo/envoy.yaml.tmpl with the placeholders filled
 #
 # Environment (all optional):
@@ -28,6 +34,16 @@ demo_issuer_for() { echo "http://127.0.0.1:$1/demo"; }
 DEMO_ISSUER="$(demo_issuer_for "${IDP_PORT:-9000}")"
 DEMO_AUDIENCE="demo-api"
 DEMO_KIDS="demo-rs256:RS256 demo-eddsa:EdDSA"
+# The gateway's client at the demo IdP (introspection, token exchange): run.sh gives the
+# IdP the same pair. Development values, like the keys.
+DEMO_CLIENT_ID="gateway"
+DEMO_CLIENT_SECRET="s3cret"
+# How long an exchange's answer is cached: short, so that a revoked opaque token or a
+# logged-out session is refused within seconds in the demo (run.sh waits this long).
+DEMO_EXCHANGE_CACHE_SECS=5
+DEMO_MINT_KID="demo-gateway"
+DEMO_MINT_ISSUER="https://gateway.internal"
+DEMO_MINT_JWKS_PATH="/.well-known/tokengate/jwks.json"
 
 demo_cli() { echo "${TOKENGATE_CLI:-$DEMO_ROOT/target/release/tokengate}"; }
 
@@ -40,27 +56,76 @@ demo_keys() {
         # A key whose public half is not in jwks.json is as good as missing.
         grep -q "\"${entry%%:*}\"" "$dir/jwks.json" 2>/dev/null || missing=1
     done
-    [[ $missing == 0 ]] && return 0
-    mkdir -p "$dir"
-    rm -f "$dir/jwks.json"
-    for entry in $DEMO_KIDS; do
-        kid="${entry%%:*}" alg="${entry##*:}"
-        "$cli" keygen --alg "$alg" --kid "$kid" --out "$dir" >/dev/null \
-            || { echo "render.sh: tokengate keygen --alg $alg failed" >&2; return 1; }
-    done
-    echo "render.sh: generated development keys in $dir (demo-rs256, demo-eddsa)" >&2
+    if [[ $missing == 1 ]]; then
+        mkdir -p "$dir"
+        rm -f "$dir/jwks.json"
+        for entry in $DEMO_KIDS; do
+            kid="${entry%%:*}" alg="${entry##*:}"
+            "$cli" keygen --alg "$alg" --kid "$kid" --out "$dir" >/dev/null \
+                || { echo "render.sh: tokengate keygen --alg $alg failed" >&2; return 1; }
+        done
+        echo "render.sh: generated development keys in $dir (demo-rs256, demo-eddsa)" >&2
+    fi
+    # The gateway's minting key: apart from the IdP's, whose JWKS must not list it.
+    if [[ ! -f "$dir/gateway/$DEMO_MINT_KID.jwk" ]]; then
+        "$cli" keygen --alg ES256 --kid "$DEMO_MINT_KID" --out "$dir/gateway" >/dev/null \
+            || { echo "render.sh: tokengate keygen --alg ES256 failed" >&2; return 1; }
+        echo "render.sh: generated the gateway's minting key in $dir/gateway ($DEMO_MINT_KID)" >&2
+    fi
 }
 
 # demo_config DIR — writes DIR/tokengate.json: the demo provider, whose keys come from
-# the demo IdP by OIDC discovery (DIR/jwks.json is what the IdP serves).
+# the demo IdP by OIDC discovery (DIR/jwks.json is what the IdP serves), and one exchange
+# per mode, each at the same IdP (cluster auth):
+#
+#   rule (path)     exchange  mode               the upstream gets, besides the claims
+#                                                  as headers (x-user-id, ...)
+#   /api/ (default) opaque    introspection      -
+#   /signed/        signed    jwt_introspection  -
+#   /exchanged/     sts       token_exchange     the IdP's JWT (aud demo-api, scope read)
+#   /internal/      minted    introspection      a JWT the gateway signs (iss gateway.internal)
+#   /app/           session   session (cookie)   the IdP's JWT for the session
+#
+# The JWTs go upstream in authorization: Bearer (each exchange's "upstream").
+# /api/ (the catch-all rule) takes a JWT (provider demo) or an opaque token (exchange
+# opaque): a token that looks like a JWT goes to the provider, any other to the exchange.
 demo_config() {
     local dir="$1" issuer
     issuer="$(demo_issuer_for "${IDP_PORT:-9000}")"
-    python3 - "$dir/jwks.json" "$dir/tokengate.json" "$issuer" "$DEMO_AUDIENCE" <<'PY'
-import json, sys
-jwks_path, out_path, issuer, audience = sys.argv[1:5]
+    python3 - "$dir/jwks.json" "$dir/tokengate.json" "$issuer" "$DEMO_AUDIENCE" \
+        "$DEMO_CLIENT_ID" "$DEMO_CLIENT_SECRET" "$DEMO_EXCHANGE_CACHE_SECS" \
+        "$dir/gateway/$DEMO_MINT_KID.jwk" "$DEMO_MINT_ISSUER" "$DEMO_MINT_JWKS_PATH" <<'PY'
+import json, os, sys
+(jwks_path, out_path, issuer, audience, client_id, client_secret, cache_secs, mint_key_path,
+ mint_issuer, mint_jwks_path) = sys.argv[1:11]
 with open(jwks_path) as f:
     json.load(f)  # the IdP serves this file: it must be a JSON document
+with open(mint_key_path) as f:
+    mint_key = json.load(f)
+
+
+UPSTREAM = {"header": "authorization", "prefix": "Bearer "}
+
+
+def exchange(mode, path, **fields):
+    """An exchange at the demo IdP, verified with provider demo; fields=None drops one."""
+    doc = {
+        "sources": [{"header": "authorization", "prefix": "Bearer "}],
+        "mode": mode,
+        "endpoint": {"uri": issuer + path, "cluster": "auth", "timeout_ms": 500},
+        "client": {"id": client_id, "secret": client_secret},
+        "provider": "demo",
+        "audiences": [audience],
+        "cache": {"max_secs": int(cache_secs), "negative_secs": 2, "max_entries": 10000},
+    }
+    doc.update(fields)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def rule(name, prefix, *authn):
+    return {"name": name, "match": {"path": {"prefix": prefix}}, "authn": {"any": list(authn)}}
+
+
 config = {
     "realm": "demo",
     "providers": {
@@ -89,12 +154,36 @@ config = {
             },
         }
     },
+    "exchanges": {
+        # Gateway-centric pattern: the opaque token is looked up on every cache miss.
+        "opaque": exchange("introspection", "/introspect"),
+        "signed": exchange("jwt_introspection", "/introspect"),
+        "sts": exchange("token_exchange", "/token", upstream=UPSTREAM,
+                        token_exchange={"audience": audience, "scope": "read"}),
+        "minted": exchange("introspection", "/introspect", upstream=UPSTREAM, mint={
+            "issuer": mint_issuer,
+            "alg": "ES256",
+            "key": mint_key,
+            "ttl_secs": 300,
+            "audience": "internal",
+            "jwks_path": mint_jwks_path,
+        }),
+        # Session pattern: the session id in a cookie, looked up at /sessions/{id}.
+        "session": exchange("session", "/sessions/{token}", client=None, upstream=UPSTREAM,
+                            sources=[{"cookie": "session"}]),
+    },
     "rules": [
         {"name": "health", "match": {"path": {"prefix": "/healthz"}}, "allow": "anonymous"},
-        {"name": "default", "match": {}, "authn": {"any": ["demo"]}},
+        rule("signed", "/signed/", "signed"),
+        rule("exchanged", "/exchanged/", "sts"),
+        rule("internal", "/internal/", "minted"),
+        rule("app", "/app/", "session"),
+        {"name": "default", "match": {}, "authn": {"any": ["demo", "opaque"]}},
     ],
 }
-with open(out_path, "w") as f:
+# It holds the gateway's private minting key and client secret: readable by its owner only.
+with open(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    os.fchmod(f.fileno(), 0o600)
     json.dump(config, f, indent=2)
     f.write("\n")
 PY
@@ -128,7 +217,9 @@ def fill(match):
         sys.exit(f"render.sh: unknown placeholder @{name}@ in {tmpl}")
     return values[name]
 text = re.sub(r"@([A-Z_]+)@", fill, text)
-with open(out, "w") as f:
+# The tokengate document inside holds secrets: readable by its owner only.
+with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    os.fchmod(f.fileno(), 0o600)
     f.write(text)
 PY
 }

@@ -2,7 +2,9 @@
 # tokengate demo (`make run`): Envoy with the tokengate filter in front of a small echo
 # service, with development keys and ready-made tokens. The filter gets its keys from a
 # small demo identity provider (envoy/demo/idp.py) by OIDC discovery, through the Envoy
-# cluster demo_idp. Everything listens on 127.0.0.1.
+# cluster demo_idp. The same IdP issues opaque tokens and sessions, which the filter's
+# exchanges introspect, exchange for JWTs or look up (cluster auth): the gateway-centric and
+# session patterns, revocation included. Everything listens on 127.0.0.1.
 #
 #   make run                        build, then run this script
 #   envoy/demo/run.sh               the same, once dist/tokengate.wasm and the CLI exist
@@ -21,8 +23,8 @@
 #
 # Files in RUN_DIR: demo-rs256.jwk, demo-eddsa.jwk (private dev keys, kept between runs),
 # jwks.json (served by the IdP, re-read on every request: rewrite it to rotate keys),
-# tokengate.json, envoy.yaml, tokens.env, envoy.log, envoy.out, access.log, echo.log,
-# idp.log.
+# gateway/demo-gateway.jwk (the key the filter mints its own JWTs with), tokengate.json,
+# envoy.yaml, tokens.env, envoy.log, envoy.out, access.log, echo.log, idp.log.
 set -euo pipefail
 
 DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -155,7 +157,12 @@ ECHO_PID=$LAST_PID
 
 # The IdP first: the filter's first key fetch starts as soon as Envoy is up. Its readiness
 # probe is /demo/stats, which the IdP does not count.
-start_bg "$RUN_DIR/idp.log" python3 "$DEMO_DIR/idp.py" --port "$IDP_PORT" "$RUN_DIR/jwks.json"
+# It signs its own JWTs (signed introspection answers, exchanged tokens, session tokens)
+# with demo-rs256, so the demo provider's keys verify them; the gateway's client is the one
+# in tokengate.json.
+start_bg "$RUN_DIR/idp.log" python3 "$DEMO_DIR/idp.py" --port "$IDP_PORT" \
+    --signing-key "$RUN_DIR/demo-rs256.jwk" --audience "$DEMO_AUDIENCE" \
+    --client "$DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET" "$RUN_DIR/jwks.json"
 IDP_PID=$LAST_PID
 deadline=$((SECONDS + READY_TIMEOUT))
 until [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$IDP/stats" 2>/dev/null)" == 200 ]]; do
@@ -197,9 +204,22 @@ ROGUE_DIR="$RUN_DIR/rogue"
 [[ -f "$ROGUE_DIR/demo-rs256.jwk" ]] \
     || "$TOKENGATE_CLI" keygen --alg RS256 --kid demo-rs256 --out "$ROGUE_DIR" >/dev/null
 FORGED="$(mint --key "$ROGUE_DIR/demo-rs256.jwk" --sub demo-user --exp-in 1h --claim 'scope=admin')"
+# An opaque access token and a session, issued by the demo IdP (in memory: new ones each
+# run). idp_issue PATH FIELD FORM-ARGS... prints FIELD of the IdP's JSON answer.
+idp_issue() {
+    local path="$1" field="$2"
+    shift 2
+    curl -sS --fail --max-time 5 "$@" "$IDP$path" \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$field"
+}
+OPAQUE="$(idp_issue /opaque access_token -d sub=demo-user -d 'scope=read write')" \
+    || { show_logs; die "the demo IdP did not issue an opaque token"; }
+SESSION="$(idp_issue /sessions session -d sub=demo-session-user -d scope=read)" \
+    || { show_logs; die "the demo IdP did not start a session"; }
 (
     umask 077
-    printf 'VALID=%s\nEXPIRED=%s\nEDDSA=%s\nFORGED=%s\n' "$VALID" "$EXPIRED" "$EDDSA" "$FORGED" >"$RUN_DIR/tokens.env"
+    printf 'VALID=%s\nEXPIRED=%s\nEDDSA=%s\nFORGED=%s\nOPAQUE=%s\nSESSION=%s\n' \
+        "$VALID" "$EXPIRED" "$EDDSA" "$FORGED" "$OPAQUE" "$SESSION" >"$RUN_DIR/tokens.env"
 )
 
 # --- example requests (printed for the user; run as checks with DEMO_SMOKE=1) ----------
@@ -208,6 +228,8 @@ FORGED="$(mint --key "$ROGUE_DIR/demo-rs256.jwk" --sub demo-user --exp-in 1h --c
 # (response headers, lower-case names).
 C_DESC=() C_STATUS=() C_ARGS=() C_ASSERT=()
 example() { C_DESC+=("$1") C_STATUS+=("$2") C_ARGS+=("$3") C_ASSERT+=("${4:-}"); }
+# pause SECONDS DESCRIPTION — a wait between two examples (printed as `sleep`).
+pause() { C_DESC+=("$2") C_STATUS+=(pause) C_ARGS+=("$1") C_ASSERT+=(""); }
 
 example "valid RS256 token: 200, the upstream sees the identity headers and no token" 200 \
     "-H \"Authorization: Bearer \$VALID\" $BASE/api/orders" \
@@ -217,10 +239,10 @@ example "no token: 401, WWW-Authenticate: Bearer realm=\"demo\"" 401 \
     "headers.get('www-authenticate', '').startswith('Bearer realm=\"demo\"')"
 example "expired token: 401 invalid_token" 401 \
     "-H \"Authorization: Bearer \$EXPIRED\" $BASE/api/orders" \
-    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '') and body['error_description'] == 'token expired'"
 example "token signed with a key that is not in the JWKS (same kid): 401 invalid_token" 401 \
     "-H \"Authorization: Bearer \$FORGED\" $BASE/api/orders" \
-    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '') and body['error_description'] == 'invalid signature'"
 example "EdDSA (Ed25519) token: 200" 200 \
     "-H \"Authorization: Bearer \$EDDSA\" $BASE/api/orders" \
     "body['identity']['x-user-id'] == 'demo-eddsa-user'"
@@ -248,6 +270,56 @@ example "//api//orders: slashes merged, the upstream sees /api/orders" 200 \
     "--path-as-is -H \"Authorization: Bearer \$VALID\" $BASE//api//orders" \
     "body['path'] == '/api/orders'"
 
+# Gateway-centric and session patterns (exchanges; see render.sh for the rule per path).
+# Assertions on the JWT the upstream received use the echo's "bearer-jwt-decoded".
+UPSTREAM_JWT="body['identity']['bearer-jwt-decoded']"
+example "opaque token: introspected at the IdP (exchange opaque), 200; the upstream sees the identity, never the opaque token" 200 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/api/orders" \
+    "body['identity']['x-user-id'] == 'demo-user' and body['identity']['x-user-scope'] == 'read write' and '$OPAQUE' not in str(body)"
+example "the same opaque token again: 200 from the cache (no second introspection for cache.max_secs = ${DEMO_EXCHANGE_CACHE_SECS}s)" 200 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/api/orders" \
+    "body['identity']['x-user-id'] == 'demo-user'"
+example "an opaque token the IdP never issued: 401 invalid_token (introspection says active:false)" 401 \
+    "-H 'Authorization: Bearer not-a-token-the-idp-issued' $BASE/api/orders" \
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+example "signed introspection (RFC 9701, exchange signed): the IdP's answer is a JWT the filter verifies with the demo provider's keys" 200 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/signed/orders" \
+    "body['identity']['x-user-id'] == 'demo-user' and '$OPAQUE' not in str(body)"
+example "token exchange (RFC 8693, exchange sts): the upstream gets the IdP's JWT for audience $DEMO_AUDIENCE, scope narrowed to read" 200 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/exchanged/orders" \
+    "$UPSTREAM_JWT['claims']['sub'] == 'demo-user' and $UPSTREAM_JWT['claims']['scope'] == 'read' and $UPSTREAM_JWT['claims']['iss'] == '$DEMO_ISSUER'"
+example "minted (exchange minted): introspection, then the gateway signs its own ES256 JWT (iss $DEMO_MINT_ISSUER, aud internal)" 200 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/internal/orders" \
+    "$UPSTREAM_JWT['header']['alg'] == 'ES256' and $UPSTREAM_JWT['header'].get('kid') == '$DEMO_MINT_KID' and $UPSTREAM_JWT['claims']['iss'] == '$DEMO_MINT_ISSUER' and $UPSTREAM_JWT['claims']['aud'] in ('internal', ['internal']) and $UPSTREAM_JWT['claims']['sub'] == 'demo-user'"
+example "the public key for the gateway's JWTs, served by the filter itself at mint.jwks_path" 200 \
+    "$BASE$DEMO_MINT_JWKS_PATH" \
+    "[k['kid'] for k in body['keys']] == ['$DEMO_MINT_KID'] and all('d' not in k for k in body['keys'])"
+example "session cookie (exchange session): looked up at the IdP; the upstream gets the session's JWT, not the cookie" 200 \
+    "--cookie \"session=\$SESSION\" $BASE/app/profile" \
+    "$UPSTREAM_JWT['claims']['sub'] == 'demo-session-user' and '$SESSION' not in str(body)"
+example "an unknown session: 401 invalid_token (the IdP answers 404)" 401 \
+    "--cookie 'session=no-such-session' $BASE/app/profile" \
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+
+# Revocation: the IdP forgets the token and the session; cached answers last at most
+# cache.max_secs, then the filter asks again and refuses.
+example "revoke the opaque token at the IdP (RFC 7009)" 200 \
+    "-d \"token=\$OPAQUE\" $IDP/revoke"
+example "log out: end the session at the IdP" 200 \
+    "-d \"token=\$SESSION\" $IDP/revoke"
+pause "$((DEMO_EXCHANGE_CACHE_SECS + 1))" "let the cached answers expire (cache.max_secs = ${DEMO_EXCHANGE_CACHE_SECS}s)"
+example "the revoked opaque token: 401 invalid_token" 401 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/api/orders" \
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+example "the revoked token, once more: 401 from the negative cache (cache.negative_secs)" 401 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/api/orders"
+example "the revoked token at the token exchange: 401 invalid_token (the IdP answers invalid_grant)" 401 \
+    "-H \"Authorization: Bearer \$OPAQUE\" $BASE/exchanged/orders" \
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+example "the ended session: 401 invalid_token" 401 \
+    "--cookie \"session=\$SESSION\" $BASE/app/profile" \
+    "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
+
 # shown — a path relative to the repository root when it is inside it.
 shown() { [[ $1 == "$ROOT"/* ]] && echo "${1#"$ROOT"/}" || echo "$1"; }
 
@@ -262,24 +334,38 @@ tokengate demo is running (Ctrl-C stops it)
   keys      from the demo IdP by OIDC discovery (envoy/demo/idp.py, Envoy cluster demo_idp):
             discovery $IDP/.well-known/openid-configuration
             jwks      $IDP/jwks.json   (= $(shown "$RUN_DIR")/jwks.json, re-read on every request)
+  exchanges at the same IdP (Envoy cluster auth), answers cached ${DEMO_EXCHANGE_CACHE_SECS}s; by path:
+            /api/       JWT (provider demo) or opaque token (introspection)
+            /signed/    opaque token, signed introspection (RFC 9701)
+            /exchanged/ opaque token, token exchange (RFC 8693)
+            /internal/  opaque token, introspection + a JWT the gateway signs
+            /app/       session cookie, looked up at $IDP/sessions/{id}
   files     $(shown "$RUN_DIR")   (keys, tokengate.json, envoy.yaml, envoy.log, access.log)
 
-Tokens (RS256 and EdDSA valid for 1 hour; iss $DEMO_ISSUER, aud $DEMO_AUDIENCE).
+Tokens (RS256 and EdDSA valid for 1 hour; iss $DEMO_ISSUER, aud $DEMO_AUDIENCE),
+an opaque access token and a session id from the demo IdP (1 hour; revoked below).
 Paste these lines into your shell, or run: source $(shown "$RUN_DIR")/tokens.env
 
 VALID='$VALID'
 EXPIRED='$EXPIRED'
 EDDSA='$EDDSA'
 FORGED='$FORGED'
+OPAQUE='$OPAQUE'
+SESSION='$SESSION'
 
 Then try:
 EOF
     for i in "${!C_DESC[@]}"; do
-        printf '\n# %s\ncurl -i %s\n' "${C_DESC[$i]}" "${C_ARGS[$i]}"
+        if [[ ${C_STATUS[$i]} == pause ]]; then
+            printf '\n# %s\nsleep %s\n' "${C_DESC[$i]}" "${C_ARGS[$i]}"
+        else
+            printf '\n# %s\ncurl -i %s\n' "${C_DESC[$i]}" "${C_ARGS[$i]}"
+        fi
     done
     cat <<EOF
 
-# tokengate's counters (allowed, denied by reason, key fetches: jwks.fetch.success ...)
+# tokengate's counters (allowed, denied by reason, key fetches: jwks.fetch.success ...,
+# exchanges: exchange.<name>.hit, .miss, .negative_hit, .inactive, .callout_failure)
 curl -s '$ADMIN/stats?filter=tokengate'
 
 # the demo IdP: the discovery document tokengate reads, the keys, and how often each was fetched
@@ -287,8 +373,16 @@ curl -s $IDP/.well-known/openid-configuration
 curl -s $IDP/jwks.json
 curl -s $IDP/stats
 
-# more tokens
+# more tokens: a JWT, an opaque token, a session (the IdP's are revoked with $IDP/revoke)
 $(shown "$TOKENGATE_CLI") token --key $(shown "$RUN_DIR")/demo-rs256.jwk --iss $DEMO_ISSUER --aud $DEMO_AUDIENCE --sub alice --claim scope=admin
+OPAQUE=\$(curl -s -d sub=alice -d 'scope=read write' $IDP/opaque | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+SESSION=\$(curl -s -d sub=alice -d scope=read $IDP/sessions | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"])')
+
+# what the gateway asks the IdP (client $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET), by hand
+curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -d "token=\$OPAQUE" $IDP/introspect
+curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -H 'Accept: application/token-introspection+jwt' -d "token=\$OPAQUE" $IDP/introspect
+curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d "subject_token=\$OPAQUE" -d subject_token_type=urn:ietf:params:oauth:token-type:access_token -d audience=$DEMO_AUDIENCE $IDP/token
+curl -s $IDP/sessions/\$SESSION
 EOF
 }
 
@@ -297,6 +391,11 @@ run_examples() {
     local i status failed=0 tmp="$RUN_DIR/smoke"
     mkdir -p "$tmp"
     for i in "${!C_DESC[@]}"; do
+        if [[ ${C_STATUS[$i]} == pause ]]; then
+            echo "wait  ${C_ARGS[$i]}s: ${C_DESC[$i]}"
+            sleep "${C_ARGS[$i]}"
+            continue
+        fi
         status="$(eval "curl -sS --max-time 5 -o \"\$tmp/body\" -D \"\$tmp/headers\" -w '%{http_code}' ${C_ARGS[$i]}" 2>"$tmp/err")" || true
         local problem=""
         if [[ $status != "${C_STATUS[$i]}" ]]; then
@@ -374,6 +473,45 @@ PY
         echo "PASS  keys from the demo IdP by discovery: 1 discovery + 1 jwks.json request, jwks.fetch.success 1"
     else
         echo "FAIL  keys from the demo IdP by discovery: $problem"
+        failed=1
+    fi
+    # The exchanges' counters agree with the examples: the opaque token was introspected,
+    # then served from the cache; the unknown and revoked tokens were inactive, the second
+    # revoked request a negative hit; the unknown and ended sessions inactive; no callout
+    # failed.
+    problem="$(python3 - "$ADMIN/stats?filter=tokengate\.exchange\." <<'PY'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        text = r.read().decode()
+except Exception as e:
+    print(f"could not read the counters: {e}")
+    sys.exit()
+stats = {}
+for line in text.splitlines():
+    name, sep, value = line.partition(": ")
+    if sep and value.strip().isdigit():
+        stats[name.strip().removeprefix("wasmcustom.")] = int(value)
+def count(exchange, what):
+    return stats.get(f"tokengate.exchange.{exchange}.{what}", 0)
+problems = []
+for exchange, what in (("opaque", "miss"), ("opaque", "hit"), ("opaque", "inactive"),
+                       ("opaque", "negative_hit"), ("signed", "miss"), ("sts", "miss"),
+                       ("sts", "inactive"), ("minted", "miss"), ("session", "miss"),
+                       ("session", "inactive")):
+    if count(exchange, what) < 1:
+        problems.append(f"tokengate.exchange.{exchange}.{what} is {count(exchange, what)}, expected at least 1")
+for exchange in ("opaque", "signed", "sts", "minted", "session"):
+    if count(exchange, "callout_failure"):
+        problems.append(f"tokengate.exchange.{exchange}.callout_failure is {count(exchange, 'callout_failure')}, expected 0")
+if problems:
+    print("; ".join(problems) + f" (Envoy: {stats})")
+PY
+)" || problem="the check could not run: $problem"
+    if [[ -z $problem ]]; then
+        echo "PASS  exchange counters: misses, cache hits, inactive tokens and sessions, a negative hit, no callout failure"
+    else
+        echo "FAIL  exchange counters: $problem"
         failed=1
     fi
     rm -rf "$tmp"
