@@ -4,7 +4,7 @@
 //! their answers. What to send and how to read answers is in `crate::exchange`.
 
 use super::root::{now_ms, VmState};
-use crate::config::{Config, KeySource};
+use crate::config::KeySource;
 use crate::exchange::answer::{self, Answer, Resolved, MAX_ANSWER_BYTES};
 use crate::exchange::callout::callout;
 use crate::exchange::record::{resolved_record, Record, State};
@@ -42,6 +42,14 @@ impl Flights {
     pub fn is_empty(&self) -> bool {
         self.flights.borrow().is_empty()
     }
+
+    /// Whether this VM has a callout in flight for this token.
+    fn asking(&self, exchange: usize, key: TokenKey) -> bool {
+        self.flights
+            .borrow()
+            .values()
+            .any(|f| f.exchange == exchange && f.key == key)
+    }
 }
 
 /// The lease bound of an exchange's callout.
@@ -68,21 +76,21 @@ fn write_slot(exchange: &Exchange, record: &Record, cas: Option<u32>) -> bool {
     hostcalls::set_shared_data(&slot_key(exchange, record.key), Some(&record.encode()), cas).is_ok()
 }
 
-/// Whether a waiter for this token can go on: its answer (or a failure) is in shared
-/// data, or nobody is asking any more.
-pub fn answered(config: &Config, exchange: usize, key: TokenKey, now_ms: u64) -> bool {
-    let Some(exchange) = config.exchanges.get(exchange) else {
+/// Whether a waiter for this token should be decided again: its answer (or a failure)
+/// is in shared data, its lease ran out, or the slot went to another token (whose answer
+/// may have replaced ours, or whose callout kept ours from being made) while no callout
+/// for it is in flight here.
+pub fn answered(state: &VmState, exchange: usize, key: TokenKey, now_ms: u64) -> bool {
+    let Some(config) = state.config.exchanges.get(exchange) else {
         return true;
     };
-    match read_slot(exchange, key).0 {
+    match read_slot(config, key).0 {
         Some(Record {
             key: held,
             state: State::Pending { until_ms, .. },
-        }) => held != key || until_ms <= now_ms,
-        // Another token's answer in the slot: ours may still come (a collision
-        // callout writes last); the deadline ends the wait otherwise.
-        Some(record) => record.key == key,
-        None => false,
+        }) if held == key => until_ms <= now_ms,
+        Some(record) if record.key == key => true,
+        _ => !state.flights.asking(exchange, key),
     }
 }
 
@@ -91,6 +99,9 @@ pub struct HostExchanges<'a> {
     pub state: &'a VmState,
     pub context_id: u32,
     pub now_ms: u64,
+    /// The request waited for this token's answer: a failure in the slot is that answer
+    /// (503), not a reason to ask again.
+    pub resumed: bool,
 }
 
 impl ExchangeStore for HostExchanges<'_> {
@@ -99,7 +110,12 @@ impl ExchangeStore for HostExchanges<'_> {
             return Lookup::Unavailable;
         };
         let (record, cas) = read_slot(exchange, key);
-        let mut leased = true;
+        let now_ms = self.now_ms;
+        let other_pending = matches!(
+            &record,
+            Some(Record { key: held, state: State::Pending { until_ms, .. } })
+                if *held != key && *until_ms > now_ms
+        );
         match record {
             Some(Record { key: held, state }) if held == key => match state {
                 State::Active { .. } | State::Refused { .. } => {
@@ -111,19 +127,20 @@ impl ExchangeStore for HostExchanges<'_> {
                 State::Pending { until_ms, .. } if until_ms > self.now_ms => {
                     return Lookup::Pending
                 }
+                State::Failed if self.resumed => return Lookup::Unavailable,
                 State::Pending { .. } | State::Failed => {}
             },
-            // Another token's callout holds the slot: ask without the lease.
-            Some(Record {
-                state: State::Pending { until_ms, .. },
-                ..
-            }) if until_ms > self.now_ms => leased = false,
             _ => {}
         }
         if !may_start {
             return Lookup::Unavailable;
         }
-        if leased {
+        if self.state.flights.asking(id, key) {
+            return Lookup::Pending;
+        }
+        // Take the slot's lease, unless another token's callout holds it: then ask
+        // without it (no single flight for the two, but neither waits on the other).
+        if !other_pending {
             let pending = Record {
                 key,
                 state: State::Pending {
@@ -132,23 +149,19 @@ impl ExchangeStore for HostExchanges<'_> {
                 },
             };
             if !write_slot(exchange, &pending, cas) {
-                // Another worker claimed the slot first: most likely for this token.
-                return Lookup::Pending;
+                // Another worker took the slot first: for this token, wait for its answer.
+                let (now_held, _) = read_slot(exchange, key);
+                if now_held.is_some_and(|r| r.key == key) {
+                    return Lookup::Pending;
+                }
             }
         }
-        self.dispatch(id, exchange, key, token, leased)
+        self.dispatch(id, exchange, key, token)
     }
 }
 
 impl HostExchanges<'_> {
-    fn dispatch(
-        &self,
-        id: usize,
-        exchange: &Exchange,
-        key: TokenKey,
-        token: &str,
-        leased: bool,
-    ) -> Lookup {
+    fn dispatch(&self, id: usize, exchange: &Exchange, key: TokenKey, token: &str) -> Lookup {
         let request = callout(exchange, token);
         let headers: Vec<(&str, &str)> = request
             .headers
@@ -183,16 +196,7 @@ impl HostExchanges<'_> {
                     request.cluster
                 );
                 metrics.increment(Counter::Exchange(id, ExchangeEvent::CalloutFailure));
-                if leased {
-                    write_slot(
-                        exchange,
-                        &Record {
-                            key,
-                            state: State::Failed,
-                        },
-                        None,
-                    );
-                }
+                release(self.state, exchange, key);
                 Lookup::Unavailable
             }
         }
@@ -310,16 +314,21 @@ pub fn forget_context(state: &VmState, context_id: u32) {
         let Some(exchange) = state.config.exchanges.get(flight.exchange) else {
             continue;
         };
-        if let (Some(record), cas) = read_slot(exchange, flight.key) {
-            let ours =
-                matches!(record.state, State::Pending { holder, .. } if holder == state.nonce);
-            if record.key == flight.key && ours {
-                let failed = Record {
-                    key: flight.key,
-                    state: State::Failed,
-                };
-                write_slot(exchange, &failed, cas);
-            }
+        release(state, exchange, flight.key);
+    }
+}
+
+/// Marks the token's callout failed, if the slot still holds this VM's lease for it:
+/// the next request asks again at once, and waiters get their answer (503) now.
+fn release(state: &VmState, exchange: &Exchange, key: TokenKey) {
+    if let (Some(record), cas) = read_slot(exchange, key) {
+        let ours = matches!(record.state, State::Pending { holder, .. } if holder == state.nonce);
+        if record.key == key && ours {
+            let failed = Record {
+                key,
+                state: State::Failed,
+            };
+            write_slot(exchange, &failed, cas);
         }
     }
 }

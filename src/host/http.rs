@@ -45,7 +45,7 @@ impl Waiter {
             || self
                 .exchanges
                 .iter()
-                .any(|(exchange, key)| exchanges::answered(&state.config, *exchange, *key, now_ms))
+                .any(|(exchange, key)| exchanges::answered(state, *exchange, *key, now_ms))
     }
 }
 
@@ -103,9 +103,32 @@ impl Http {
     }
 }
 
+/// Which decision of a request this is.
+#[derive(Clone, Copy)]
+struct Attempt {
+    /// It was parked before: the answers it waited for are final.
+    resumed: bool,
+    /// It may not wait (again): its deadline passed, or its keys moved.
+    waited: bool,
+}
+
+impl Attempt {
+    const FIRST: Attempt = Attempt {
+        resumed: false,
+        waited: false,
+    };
+
+    fn resumed(waited: bool) -> Attempt {
+        Attempt {
+            resumed: true,
+            waited,
+        }
+    }
+}
+
 /// Runs the core on a request, with the clock read once (and kept in the key store for
 /// the rest of this request's work).
-fn run(state: &VmState, context_id: u32, request: &Request, waited: bool) -> Decision {
+fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) -> Decision {
     let now_ms = now_ms();
     state.keys.borrow().now_ms.set(now_ms);
     let keyring = HostKeyring {
@@ -116,6 +139,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, waited: bool) -> Dec
         state,
         context_id,
         now_ms,
+        resumed: attempt.resumed,
     };
     let services = Services {
         keyring: &keyring,
@@ -128,7 +152,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, waited: bool) -> Dec
         request,
         now_ms / 1000,
         &mut caches,
-        waited,
+        attempt.waited,
     )
 }
 
@@ -212,9 +236,63 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
     if hostcalls::set_effective_context(waiter.context_id).is_err() {
         return; // the stream is gone
     }
-    let decision = run(state, waiter.context_id, &waiter.request, true);
+    // Keys that moved get one more decision and no second wait (a refetch for an unknown
+    // kid is not repeated). An exchange waiter may wait again until its deadline: when its
+    // token's slot went to another token, its own callout may still have to be made.
+    let waited = waiter.deadline_ms <= now_ms() || !waiter.seen.is_empty();
+    let decision = run(
+        state,
+        waiter.context_id,
+        &waiter.request,
+        Attempt::resumed(waited),
+    );
+    if let Outcome::Wait(waits) = &decision.outcome {
+        tally(state, &decision);
+        let again = park(
+            state,
+            waiter.context_id,
+            waiter.request,
+            waits,
+            Some(waiter.deadline_ms),
+        );
+        state.waiters.borrow_mut().push(again);
+        return;
+    }
     if apply(state, decision) {
         let _ = hostcalls::resume_http_request();
+    }
+}
+
+/// A waiter for what the decision waits on: keys as they are now, exchange answers; its
+/// deadline one whole fetch or two callouts away, or the one it already had.
+fn park(
+    state: &VmState,
+    context_id: u32,
+    request: Request,
+    waits: &Waits,
+    deadline_ms: Option<u64>,
+) -> Waiter {
+    let keys = state.keys.borrow();
+    let seen: Vec<(usize, u64, u64)> = waits
+        .providers
+        .iter()
+        .filter_map(|p| keys.remote(*p).map(|r| (*p, r.generation, r.attempts)))
+        .collect();
+    let exchange_ms = waits
+        .exchanges
+        .iter()
+        .filter_map(|(e, _)| state.config.exchanges.get(*e).map(lease_ms))
+        .max()
+        .unwrap_or(0);
+    let wait_ms = keys
+        .wait_bound_ms(&waits.providers)
+        .max(exchange_ms.saturating_mul(2));
+    Waiter {
+        context_id,
+        request,
+        seen,
+        exchanges: waits.exchanges.clone(),
+        deadline_ms: deadline_ms.unwrap_or_else(|| now_ms() + wait_ms),
     }
 }
 
@@ -229,32 +307,11 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let request = Self::read_request(&self.state.config.reads);
-        let decision = run(&self.state, self.context_id, &request, false);
-        if let Outcome::Wait(Waits {
-            providers,
-            exchanges,
-        }) = &decision.outcome
-        {
+        let decision = run(&self.state, self.context_id, &request, Attempt::FIRST);
+        if let Outcome::Wait(waits) = &decision.outcome {
             tally(&self.state, &decision);
-            let keys = self.state.keys.borrow();
-            let seen: Vec<(usize, u64, u64)> = providers
-                .iter()
-                .filter_map(|p| keys.remote(*p).map(|r| (*p, r.generation, r.attempts)))
-                .collect();
-            let exchange_ms = exchanges
-                .iter()
-                .filter_map(|(e, _)| self.state.config.exchanges.get(*e).map(lease_ms))
-                .max()
-                .unwrap_or(0);
-            let wait_ms = keys.wait_bound_ms(providers).max(exchange_ms);
-            drop(keys);
-            self.state.waiters.borrow_mut().push(Waiter {
-                context_id: self.context_id,
-                request,
-                seen,
-                exchanges: exchanges.clone(),
-                deadline_ms: now_ms() + wait_ms,
-            });
+            let waiter = park(&self.state, self.context_id, request, waits, None);
+            self.state.waiters.borrow_mut().push(waiter);
             self.state.set_tick(BUSY_TICK_MS);
             return Action::Pause;
         }
