@@ -11,6 +11,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod auth;
 pub mod client;
 pub mod envoy;
 pub mod idp;
