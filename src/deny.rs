@@ -10,6 +10,9 @@ pub struct Deny {
     pub status: u32,
     pub www_authenticate: Option<String>,
     pub body: String,
+    /// More response headers (a central policy's); `content-type` among them replaces
+    /// the JSON one.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Deny {
@@ -19,11 +22,13 @@ impl Deny {
                 status: 401,
                 www_authenticate: Some(format!("Bearer realm=\"{realm}\"")),
                 body: body("unauthorized", AuthnError::Missing.description()),
+                headers: Vec::new(),
             },
             Refusal::Authn(e) if e.is_unavailable() => Deny {
                 status: 503,
                 www_authenticate: None,
                 body: body("temporarily_unavailable", e.description()),
+                headers: Vec::new(),
             },
             Refusal::Authn(e) => Deny {
                 status: 401,
@@ -32,14 +37,84 @@ impl Deny {
                     e.description()
                 )),
                 body: body("invalid_token", e.description()),
+                headers: Vec::new(),
             },
             Refusal::NoRuleMatched => Deny {
                 status: 403,
                 www_authenticate: None,
                 body: body("forbidden", "no rule matches this request"),
+                headers: Vec::new(),
+            },
+            Refusal::BadPath(e) => Deny {
+                status: 400,
+                www_authenticate: None,
+                body: body("invalid_request", e.description()),
+                headers: Vec::new(),
+            },
+            Refusal::Forbidden | Refusal::CentralDenied => Deny::insufficient_scope(realm, None),
+            Refusal::AuthzUnavailable => Deny {
+                status: 503,
+                www_authenticate: None,
+                body: body(
+                    "temporarily_unavailable",
+                    "authorization service unavailable",
+                ),
+                headers: Vec::new(),
             },
         }
     }
+
+    /// 403 for a rule whose conditions do not hold, naming the rule (never the claims).
+    pub fn insufficient_scope(realm: &str, rule: Option<&str>) -> Deny {
+        let description = match rule {
+            Some(rule) => format!("rule {} denies this request", sanitize(rule)),
+            None => "the policy denies this request".to_owned(),
+        };
+        Deny {
+            status: 403,
+            www_authenticate: Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\""
+            )),
+            body: body("insufficient_scope", &description),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The central policy's denial: its status (403 by default), headers and body; a 403
+    /// without a body of the policy's own carries the insufficient_scope challenge.
+    pub fn central(decision: &crate::policy::central::Decision, realm: &str) -> Deny {
+        let status = decision.status.unwrap_or(403);
+        let mut deny = match &decision.body {
+            None if status == 403 => Deny::insufficient_scope(realm, None),
+            None => Deny {
+                status,
+                www_authenticate: None,
+                body: body("forbidden", "the policy denies this request"),
+                headers: Vec::new(),
+            },
+            Some(text) => Deny {
+                status,
+                www_authenticate: None,
+                body: text.clone(),
+                headers: Vec::new(),
+            },
+        };
+        deny.headers = decision.response_headers.clone();
+        deny
+    }
+}
+
+/// A rule name inside a quoted header parameter: no quotes, backslashes or controls.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 fn body(error: &str, description: &str) -> String {

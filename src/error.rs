@@ -1,6 +1,8 @@
 //! Why a request was refused. One variant per reason; `reason()` names the stat,
 //! `description()` is the short text clients see. Neither ever holds the token.
 
+pub use crate::policy::paths::PathError;
+
 /// Why authentication failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -145,6 +147,14 @@ pub enum Refusal {
     Authn(AuthnError),
     /// No rule matches the request.
     NoRuleMatched,
+    /// The path could mean another path upstream than to the rules (400).
+    BadPath(PathError),
+    /// The rule's `authz` conditions do not hold (403 insufficient_scope).
+    Forbidden,
+    /// The central policy service denied the request.
+    CentralDenied,
+    /// The central policy service could not decide, and `on_error` is `deny` (503).
+    AuthzUnavailable,
 }
 
 impl Refusal {
@@ -152,6 +162,10 @@ impl Refusal {
         match self {
             Refusal::Authn(e) => e.reason(),
             Refusal::NoRuleMatched => "no_rule",
+            Refusal::BadPath(_) => "bad_path",
+            Refusal::Forbidden => "forbidden",
+            Refusal::CentralDenied => "central_denied",
+            Refusal::AuthzUnavailable => "authz_unavailable",
         }
     }
 }

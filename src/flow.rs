@@ -8,14 +8,18 @@ use crate::error::{AuthnError, Refusal};
 use crate::exchange::cache::{Cached, ExchangeCache};
 use crate::exchange::record::State;
 use crate::exchange::{Exchange, TokenKey};
-use crate::policy::rules::{first_match, Authenticator, AuthnRequirement, RuleAction};
-use crate::stats::{Counter, ExchangeEvent};
+use crate::policy::authz::Facts;
+use crate::policy::central::{self, Decision as PolicyDecision};
+use crate::policy::paths;
+use crate::policy::rules::{first_match, Authenticator, AuthnRequirement, Rule, RuleAction};
+use crate::stats::{AuthzEvent, Counter, ExchangeEvent, RuleEvent};
 use crate::token::cache::{Entry, Identity, TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::token::extract::Source;
 use crate::token::extract::{Found, HeaderEdit, Request};
 use crate::token::jwks::KeySet;
 use crate::token::jwt;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// What to do with the request.
@@ -47,6 +51,8 @@ pub struct Waits {
     pub providers: Vec<usize>,
     /// (exchange, token key): an answer all workers will see in shared data.
     pub exchanges: Vec<(usize, TokenKey)>,
+    /// The central policy's decision for this input key.
+    pub central: Option<[u8; 32]>,
 }
 
 /// What the host knows about a remote provider's keys right now.
@@ -106,19 +112,51 @@ impl ExchangeStore for NoExchanges {
     }
 }
 
+/// The central policy service's answer for an input, as the host knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    /// `cached`: from the decision cache rather than a callout just answered.
+    Decided {
+        decision: Rc<PolicyDecision>,
+        cached: bool,
+    },
+    /// A callout for this input is under way (or was just started).
+    Pending,
+    /// No decision and none coming: `on_error` applies.
+    Failed,
+}
+
+/// The host's side of central authorization: the decision cache and the callouts.
+pub trait PolicyService {
+    /// The decision for `input` (keyed by `key`); when there is none and `may_start`,
+    /// starts the callout (then `Pending`).
+    fn ask(&self, key: [u8; 32], input: &str, may_start: bool) -> Ask;
+}
+
+/// For configurations without `authz_service` (and for tests).
+pub struct NoPolicy;
+
+impl PolicyService for NoPolicy {
+    fn ask(&self, _: [u8; 32], _: &str, _: bool) -> Ask {
+        Ask::Failed
+    }
+}
+
 /// The host services the flow consults.
 #[derive(Clone, Copy)]
 pub struct Services<'a> {
     pub keyring: &'a dyn Keyring,
     pub exchanges: &'a dyn ExchangeStore,
+    pub policy: &'a dyn PolicyService,
 }
 
 impl Services<'static> {
-    /// Inline keys only, no exchanges.
+    /// Inline keys only, no exchanges, no central policy.
     pub fn local() -> Services<'static> {
         Services {
             keyring: &NoRemoteKeys,
             exchanges: &NoExchanges,
+            policy: &NoPolicy,
         }
     }
 }
@@ -166,6 +204,8 @@ pub struct Decision {
     /// The matched rule's index in `Config::rules`, for logs.
     pub rule: Option<usize>,
     pub refusal: Option<Refusal>,
+    /// What a dry-run rule would have refused (the request went through).
+    pub dry_run: Option<Refusal>,
 }
 
 /// Decides one request. `caches` are the VM's; `waited` is true when the request
@@ -184,161 +224,306 @@ pub fn decide(
             counters: Vec::new(),
             rule: None,
             refusal: None,
+            dry_run: None,
         };
     }
-    let mut counters = Vec::with_capacity(2);
     // Identity headers go first, on every route: a client can't spoof them.
-    let mut edits: Vec<HeaderEdit> = config
+    let edits: Vec<HeaderEdit> = config
         .identity_headers
         .iter()
         .filter(|name| request.header(name).is_some())
         .map(|name| HeaderEdit::Remove(name.clone()))
         .collect();
-
-    let Some((rule_index, rule)) = first_match(&config.rules, request) else {
-        return refuse(config, Refusal::NoRuleMatched, None, counters);
+    // Rules see the normalized path; one that could mean another path upstream is
+    // refused before any rule runs. (Read only when something looks at the path.)
+    let path = if config.reads.path {
+        match paths::normalize(&request.path, config.allow_encoded_slashes) {
+            Ok(path) => path,
+            Err(e) => return refuse(config, Refusal::BadPath(e), None, Vec::new()),
+        }
+    } else {
+        Cow::Borrowed("")
     };
-    let rule_index = Some(rule_index);
-    let (requirement, optional) = match &rule.action {
-        RuleAction::Anonymous => {
-            counters.push(Counter::Allowed);
-            return Decision {
-                outcome: Outcome::Forward(edits),
-                counters,
-                rule: rule_index,
-                refusal: None,
-            };
-        }
-        RuleAction::Authn {
-            requirement,
-            optional,
-        } => (requirement, *optional),
+    let Some((index, rule)) = first_match(&config.rules, request, &path) else {
+        return refuse(config, Refusal::NoRuleMatched, None, Vec::new());
     };
-
-    let (attempts, jwt_for_exchange) = attempts(config, requirement, request);
-    if attempts.is_empty() {
-        if jwt_for_exchange {
-            let refusal = Refusal::Authn(AuthnError::UnexpectedJwt);
-            return refuse(config, refusal, rule_index, counters);
-        }
-        if optional {
-            counters.push(Counter::Allowed);
-            return Decision {
-                outcome: Outcome::Forward(edits),
-                counters,
-                rule: rule_index,
-                refusal: None,
-            };
-        }
-        return refuse(
-            config,
-            Refusal::Authn(AuthnError::Missing),
-            rule_index,
-            counters,
-        );
-    }
-
-    let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
-    let mut worst: Option<AuthnError> = None;
-    let mut waits = Waits::default();
-    let context = Context {
+    let step = Step {
+        config,
         services,
+        request,
+        path: &path,
+        index,
+        rule,
         now,
         waited,
     };
-    for (authenticator, found) in &attempts {
-        let result = match *authenticator {
-            Authenticator::Provider(id) => match config.providers.get(id) {
-                Some(provider) => authenticate(
-                    &context,
-                    id,
-                    provider,
-                    &found.token,
-                    &mut caches.tokens,
-                    &mut counters,
-                ),
-                None => continue,
-            },
-            Authenticator::Exchange(id) => match config.exchanges.get(id) {
-                Some(exchange) => exchange_identity(
-                    config,
-                    &context,
-                    id,
-                    exchange,
-                    &found.token,
-                    &mut caches.exchanges,
-                    &mut counters,
-                ),
-                None => continue,
-            },
-        };
-        match result {
-            Ok(identity) => {
-                verified.push((identity, found));
-                if matches!(requirement, AuthnRequirement::Any(_)) {
-                    break;
-                }
-            }
-            Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
-            Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
-            Err(NotVerified::Refused(e)) => {
-                if matches!(requirement, AuthnRequirement::All(_)) {
-                    return refuse(config, Refusal::Authn(e), rule_index, counters);
-                }
-                if worst.is_none_or(|w| e.specificity() > w.specificity()) {
-                    worst = Some(e);
-                }
-            }
-        }
+    let decision = step.decide(caches, edits.clone());
+    match decision.outcome {
+        // A dry run lets through what it would refuse, counted and logged, with the
+        // identity headers stripped as always. A 400 or 503 is not the rule's verdict.
+        Outcome::Deny(ref deny) if rule.dry_run && deny.status != 503 => Decision {
+            outcome: Outcome::Forward(edits),
+            counters: vec![
+                Counter::Rule(index, RuleEvent::DryRunDenied),
+                Counter::Allowed,
+            ],
+            rule: Some(index),
+            refusal: None,
+            dry_run: decision.refusal,
+        },
+        _ => decision,
     }
-    let satisfied = match requirement {
-        AuthnRequirement::Any(_) => !verified.is_empty(),
-        AuthnRequirement::All(all) => verified.len() == all.len(),
-    };
-    if !satisfied {
-        if waits != Waits::default() {
-            return Decision {
-                outcome: Outcome::Wait(waits),
+}
+
+/// One request under its matched rule.
+struct Step<'a> {
+    config: &'a Config,
+    services: Services<'a>,
+    request: &'a Request,
+    /// The normalized path.
+    path: &'a str,
+    index: usize,
+    rule: &'a Rule,
+    now: u64,
+    waited: bool,
+}
+
+impl Step<'_> {
+    fn decide(&self, caches: &mut Caches, mut edits: Vec<HeaderEdit>) -> Decision {
+        let (config, request, rule_index) = (self.config, self.request, Some(self.index));
+        let mut counters = Vec::with_capacity(3);
+        let (requirement, optional) = match &self.rule.action {
+            RuleAction::Anonymous => return self.authorize(None, edits, counters),
+            RuleAction::Authn {
+                requirement,
+                optional,
+            } => (requirement, *optional),
+        };
+
+        let (attempts, jwt_for_exchange) = attempts(config, requirement, request);
+        if attempts.is_empty() {
+            if jwt_for_exchange {
+                let refusal = Refusal::Authn(AuthnError::UnexpectedJwt);
+                return refuse(config, refusal, rule_index, counters);
+            }
+            if optional {
+                return self.authorize(None, edits, counters);
+            }
+            return refuse(
+                config,
+                Refusal::Authn(AuthnError::Missing),
+                rule_index,
                 counters,
-                rule: rule_index,
-                refusal: None,
-            };
+            );
         }
-        // A JWT that only an exchange's source held is the reason only when no
-        // provider had anything more specific to say about what it tried.
-        let error = worst
-            .or(jwt_for_exchange.then_some(AuthnError::UnexpectedJwt))
-            .unwrap_or(AuthnError::Missing);
-        return refuse(config, Refusal::Authn(error), rule_index, counters);
+
+        let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
+        let mut worst: Option<AuthnError> = None;
+        let mut waits = Waits::default();
+        let context = Context {
+            services: self.services,
+            now: self.now,
+            waited: self.waited,
+        };
+        for (authenticator, found) in &attempts {
+            let result = match *authenticator {
+                Authenticator::Provider(id) => match config.providers.get(id) {
+                    Some(provider) => authenticate(
+                        &context,
+                        id,
+                        provider,
+                        &found.token,
+                        &mut caches.tokens,
+                        &mut counters,
+                    ),
+                    None => continue,
+                },
+                Authenticator::Exchange(id) => match config.exchanges.get(id) {
+                    Some(exchange) => exchange_identity(
+                        config,
+                        &context,
+                        id,
+                        exchange,
+                        &found.token,
+                        &mut caches.exchanges,
+                        &mut counters,
+                    ),
+                    None => continue,
+                },
+            };
+            match result {
+                Ok(identity) => {
+                    verified.push((identity, found));
+                    if matches!(requirement, AuthnRequirement::Any(_)) {
+                        break;
+                    }
+                }
+                Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
+                Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
+                Err(NotVerified::Refused(e)) => {
+                    if matches!(requirement, AuthnRequirement::All(_)) {
+                        return refuse(config, Refusal::Authn(e), rule_index, counters);
+                    }
+                    if worst.is_none_or(|w| e.specificity() > w.specificity()) {
+                        worst = Some(e);
+                    }
+                }
+            }
+        }
+        let satisfied = match requirement {
+            AuthnRequirement::Any(_) => !verified.is_empty(),
+            AuthnRequirement::All(all) => verified.len() == all.len(),
+        };
+        if !satisfied {
+            if waits != Waits::default() {
+                return wait(waits, counters, rule_index);
+            }
+            // A JWT that only an exchange's source held is the reason only when no
+            // provider had anything more specific to say about what it tried.
+            let error = worst
+                .or(jwt_for_exchange.then_some(AuthnError::UnexpectedJwt))
+                .unwrap_or(AuthnError::Missing);
+            return refuse(config, Refusal::Authn(error), rule_index, counters);
+        }
+
+        for (identity, found) in &verified {
+            // An exchange's token (opaque, or a session id) never goes upstream.
+            let keep = match identity.authenticator {
+                Authenticator::Provider(id) => config
+                    .providers
+                    .get(id)
+                    .is_some_and(|p| p.forward.keep_token),
+                Authenticator::Exchange(_) => false,
+            };
+            if !keep {
+                edits.push(found.location.removal(request));
+            }
+        }
+        for (identity, _) in &verified {
+            edits.extend(
+                identity
+                    .headers
+                    .iter()
+                    .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
+            );
+        }
+        let identity = verified.first().map(|(identity, _)| identity.as_ref());
+        self.authorize(identity, edits, counters)
     }
 
-    for (identity, found) in &verified {
-        // An exchange's token (opaque, or a session id) never goes upstream.
-        let keep = match identity.authenticator {
-            Authenticator::Provider(id) => config
-                .providers
-                .get(id)
-                .is_some_and(|p| p.forward.keep_token),
-            Authenticator::Exchange(_) => false,
-        };
-        if !keep {
-            edits.push(found.location.removal(request));
+    /// Authorization once authentication is settled: the rule's local conditions, then
+    /// (hybrid) the central policy service. Local denials never cost a callout.
+    fn authorize(
+        &self,
+        identity: Option<&Identity>,
+        mut edits: Vec<HeaderEdit>,
+        mut counters: Vec<Counter>,
+    ) -> Decision {
+        let (config, rule, rule_index) = (self.config, self.rule, Some(self.index));
+        if let Some(authz) = &rule.authz {
+            let facts = Facts {
+                request: self.request,
+                path: self.path,
+                claims: identity.map(|i| i.claims.as_ref()),
+            };
+            if !authz.holds(&facts) {
+                // Without a token, a route that could have had one asks for it.
+                if identity.is_none() && matches!(rule.action, RuleAction::Authn { .. }) {
+                    let refusal = Refusal::Authn(AuthnError::Missing);
+                    return refuse(config, refusal, rule_index, counters);
+                }
+                counters.push(Counter::Rule(self.index, RuleEvent::Denied));
+                counters.push(Counter::Denied(Refusal::Forbidden.reason()));
+                return Decision {
+                    outcome: Outcome::Deny(Deny::insufficient_scope(
+                        &config.realm,
+                        Some(&rule.name),
+                    )),
+                    counters,
+                    rule: rule_index,
+                    refusal: Some(Refusal::Forbidden),
+                    dry_run: None,
+                };
+            }
+        }
+        if let (true, Some(service)) = (rule.central, &config.authz_service) {
+            let named =
+                identity.map(|i| (self.authenticator_name(i.authenticator), i.claims.as_ref()));
+            let input = central::input(service, self.request, self.path, named);
+            let key = central::input_key(&input);
+            match self.services.policy.ask(key, &input, !self.waited) {
+                Ask::Decided { decision, cached } => {
+                    if cached {
+                        counters.push(Counter::AuthzService(AuthzEvent::CacheHit));
+                    }
+                    if !decision.allow {
+                        counters.push(Counter::AuthzService(AuthzEvent::Denied));
+                        counters.push(Counter::Rule(self.index, RuleEvent::Denied));
+                        counters.push(Counter::Denied(Refusal::CentralDenied.reason()));
+                        return Decision {
+                            outcome: Outcome::Deny(Deny::central(&decision, &config.realm)),
+                            counters,
+                            rule: rule_index,
+                            refusal: Some(Refusal::CentralDenied),
+                            dry_run: None,
+                        };
+                    }
+                    counters.push(Counter::AuthzService(AuthzEvent::Allowed));
+                    edits.extend(
+                        decision
+                            .remove_headers
+                            .iter()
+                            .map(|n| HeaderEdit::Remove(n.clone())),
+                    );
+                    edits.extend(
+                        decision
+                            .upstream_headers
+                            .iter()
+                            .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
+                    );
+                }
+                Ask::Pending if !self.waited => {
+                    let waits = Waits {
+                        central: Some(key),
+                        ..Waits::default()
+                    };
+                    return wait(waits, counters, rule_index);
+                }
+                Ask::Pending | Ask::Failed => {
+                    counters.push(Counter::AuthzService(AuthzEvent::Failure));
+                    if !service.allow_on_error {
+                        return refuse(config, Refusal::AuthzUnavailable, rule_index, counters);
+                    }
+                }
+            }
+        }
+        counters.push(Counter::Rule(self.index, RuleEvent::Allowed));
+        counters.push(Counter::Allowed);
+        Decision {
+            outcome: Outcome::Forward(edits),
+            counters,
+            rule: rule_index,
+            refusal: None,
+            dry_run: None,
         }
     }
-    for (identity, _) in &verified {
-        edits.extend(
-            identity
-                .headers
-                .iter()
-                .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
-        );
+
+    fn authenticator_name(&self, authenticator: Authenticator) -> &str {
+        match authenticator {
+            Authenticator::Provider(i) => self.config.providers.get(i).map(|p| p.name.as_str()),
+            Authenticator::Exchange(i) => self.config.exchanges.get(i).map(|e| e.name.as_str()),
+        }
+        .unwrap_or_default()
     }
-    counters.push(Counter::Allowed);
+}
+
+fn wait(waits: Waits, counters: Vec<Counter>, rule: Option<usize>) -> Decision {
     Decision {
-        outcome: Outcome::Forward(edits),
+        outcome: Outcome::Wait(waits),
         counters,
-        rule: rule_index,
+        rule,
         refusal: None,
+        dry_run: None,
     }
 }
 
@@ -589,12 +774,16 @@ fn refuse(
     rule: Option<usize>,
     mut counters: Vec<Counter>,
 ) -> Decision {
+    if let Some(index) = rule {
+        counters.push(Counter::Rule(index, RuleEvent::Denied));
+    }
     counters.push(Counter::Denied(refusal.reason()));
     Decision {
         outcome: Outcome::Deny(Deny::for_refusal(refusal, &config.realm)),
         counters,
         rule,
         refusal: Some(refusal),
+        dry_run: None,
     }
 }
 
@@ -699,7 +888,11 @@ mod tests {
         );
         assert_eq!(
             decision.counters,
-            vec![Counter::CacheMiss, Counter::Allowed]
+            vec![
+                Counter::CacheMiss,
+                Counter::Rule(2, RuleEvent::Allowed),
+                Counter::Allowed
+            ]
         );
     }
 
@@ -736,7 +929,13 @@ mod tests {
             deny.www_authenticate.as_deref(),
             Some("Bearer realm=\"api\"")
         );
-        assert_eq!(decision.counters, vec![Counter::Denied("missing")]);
+        assert_eq!(
+            decision.counters,
+            vec![
+                Counter::Rule(2, RuleEvent::Denied),
+                Counter::Denied("missing")
+            ]
+        );
     }
 
     #[test]
@@ -788,10 +987,21 @@ mod tests {
         let req = request("/api", &[("authorization", &auth)]);
         assert_eq!(
             decide(&config, Services::local(), &req, NOW, &mut cache, false).counters,
-            vec![Counter::CacheMiss, Counter::Allowed]
+            vec![
+                Counter::CacheMiss,
+                Counter::Rule(2, RuleEvent::Allowed),
+                Counter::Allowed
+            ]
         );
         let again = decide(&config, Services::local(), &req, NOW + 1, &mut cache, false);
-        assert_eq!(again.counters, vec![Counter::CacheHit, Counter::Allowed]);
+        assert_eq!(
+            again.counters,
+            vec![
+                Counter::CacheHit,
+                Counter::Rule(2, RuleEvent::Allowed),
+                Counter::Allowed
+            ]
+        );
         assert_eq!(
             again.outcome,
             decide(&config, Services::local(), &req, NOW, &mut cache, false).outcome
@@ -952,7 +1162,13 @@ mod tests {
             refused_with(&decision),
             Some(Refusal::Authn(AuthnError::TooLong))
         );
-        assert_eq!(decision.counters, vec![Counter::Denied("too_long")]);
+        assert_eq!(
+            decision.counters,
+            vec![
+                Counter::Rule(0, RuleEvent::Denied),
+                Counter::Denied("too_long")
+            ]
+        );
     }
 }
 
@@ -1010,6 +1226,7 @@ mod remote_tests {
         let services = Services {
             keyring: ring,
             exchanges: &NoExchanges,
+            policy: &NoPolicy,
         };
         decide(&config, services, &request, NOW, &mut cache, waited)
     }
@@ -1029,7 +1246,8 @@ mod remote_tests {
             decide_with(&pending, &t, false).outcome,
             Outcome::Wait(Waits {
                 providers: vec![0],
-                exchanges: vec![]
+                exchanges: vec![],
+                central: None
             })
         );
         let after = decide_with(&pending, &t, true);
@@ -1070,7 +1288,8 @@ mod remote_tests {
             decide_with(&ready, &t, false).outcome,
             Outcome::Wait(Waits {
                 providers: vec![0],
-                exchanges: vec![]
+                exchanges: vec![],
+                central: None
             })
         );
         let after = decide_with(&ready, &t, true);
@@ -1189,6 +1408,7 @@ mod exchange_tests {
         let services = Services {
             keyring: &NoRemoteKeys,
             exchanges: store,
+            policy: &NoPolicy,
         };
         decide(config, services, &request(auth), NOW, caches, waited)
     }
@@ -1226,7 +1446,11 @@ mod exchange_tests {
         assert_eq!(store.lookups.borrow().len(), 1);
         assert_eq!(
             again.counters,
-            vec![Counter::Exchange(0, ExchangeEvent::Hit), Counter::Allowed]
+            vec![
+                Counter::Exchange(0, ExchangeEvent::Hit),
+                Counter::Rule(0, RuleEvent::Allowed),
+                Counter::Allowed
+            ]
         );
     }
 
@@ -1381,5 +1605,354 @@ mod exchange_tests {
         let jwks: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(jwks["keys"][0]["x"], private_jwk("eddsa")["x"]);
         assert!(jwks["keys"][0].get("d").is_none(), "never the private part");
+    }
+}
+
+#[cfg(test)]
+mod authz_tests {
+    use super::*;
+    use crate::testutil::*;
+    use serde_json::json;
+    use std::cell::RefCell;
+
+    /// A policy service answering what the test sets, recording every input.
+    struct FakePolicy {
+        answer: Ask,
+        inputs: RefCell<Vec<(String, bool)>>,
+    }
+
+    impl PolicyService for FakePolicy {
+        fn ask(&self, _: [u8; 32], input: &str, may_start: bool) -> Ask {
+            self.inputs.borrow_mut().push((input.to_owned(), may_start));
+            self.answer.clone()
+        }
+    }
+
+    fn policy(answer: Ask) -> FakePolicy {
+        FakePolicy {
+            answer,
+            inputs: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn decided(decision: PolicyDecision) -> Ask {
+        Ask::Decided {
+            decision: Rc::new(decision),
+            cached: false,
+        }
+    }
+
+    fn config(on_error: &str) -> Config {
+        let doc = json!({
+            "realm": "api",
+            "providers": { "corp": {
+                "issuer": ISSUER, "jwks": { "inline": public_jwks() },
+                "forward": { "claims": { "sub": "x-user-id" } }
+            } },
+            "authz_service": { "uri": "http://opa:8181/v1/data/http/authz", "cluster": "opa",
+                               "on_error": on_error, "include_headers": ["x-tenant"] },
+            "rules": [
+                { "name": "public", "match": { "path": { "prefix": "/public" } }, "allow": "anonymous" },
+                { "name": "owner", "match": { "path": { "template": "/users/{id}/orders" } },
+                  "authn": { "any": ["corp"] },
+                  "authz": { "all": [ { "path_param": "id", "equals_claim": "sub" },
+                                      { "claim": "scope", "contains": "orders:read" } ] } },
+                { "name": "trial", "match": { "path": { "prefix": "/trial" } }, "authn": { "any": ["corp"] },
+                  "authz": { "claim": "scope", "contains": "never" }, "dry_run": true },
+                { "name": "hybrid", "match": { "path": { "prefix": "/hybrid" } }, "authn": { "any": ["corp"] },
+                  "authz": { "header": "x-tenant", "equals_claim": "tenant" }, "central": true }
+            ]
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut claims = good_claims();
+        claims["scope"] = json!("orders:read profile");
+        claims["tenant"] = json!("acme");
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    fn run(
+        config: &Config,
+        policy: &FakePolicy,
+        path: &str,
+        headers: &[(&str, &str)],
+        waited: bool,
+    ) -> Decision {
+        let request = Request {
+            method: "GET".into(),
+            path: path.into(),
+            host: "api".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        let services = Services {
+            keyring: &NoRemoteKeys,
+            exchanges: &NoExchanges,
+            policy,
+        };
+        decide(
+            config,
+            services,
+            &request,
+            NOW,
+            &mut Caches::for_config(config),
+            waited,
+        )
+    }
+
+    fn bearer(claims: &serde_json::Value) -> String {
+        format!("Bearer {}", token("es256", claims))
+    }
+
+    fn status(decision: &Decision) -> u32 {
+        match &decision.outcome {
+            Outcome::Deny(deny) => deny.status,
+            Outcome::Forward(_) => 200,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_user_reads_only_their_own_orders() {
+        let config = config("deny");
+        let never = policy(Ask::Failed);
+        let auth = bearer(&claims(json!({"sub": "42"})));
+        assert_eq!(
+            status(&run(
+                &config,
+                &never,
+                "/users/42/orders",
+                &[("authorization", &auth)],
+                false
+            )),
+            200
+        );
+        let other = run(
+            &config,
+            &never,
+            "/users/43/orders",
+            &[("authorization", &auth)],
+            false,
+        );
+        assert_eq!(other.refusal, Some(Refusal::Forbidden));
+        let Outcome::Deny(deny) = &other.outcome else {
+            panic!()
+        };
+        assert_eq!(deny.status, 403);
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"rule owner denies this request\"")
+        );
+        assert!(!deny.body.contains("42"), "no claim values in the answer");
+        assert!(other
+            .counters
+            .contains(&Counter::Rule(1, RuleEvent::Denied)));
+        assert!(
+            never.inputs.borrow().is_empty(),
+            "no central callout for a local rule"
+        );
+    }
+
+    #[test]
+    fn a_missing_scope_is_403_and_a_missing_token_still_401() {
+        let config = config("deny");
+        let never = policy(Ask::Failed);
+        let auth = bearer(&claims(json!({"sub": "42", "scope": "profile"})));
+        assert_eq!(
+            status(&run(
+                &config,
+                &never,
+                "/users/42/orders",
+                &[("authorization", &auth)],
+                false
+            )),
+            403
+        );
+        assert_eq!(
+            status(&run(&config, &never, "/users/42/orders", &[], false)),
+            401
+        );
+    }
+
+    #[test]
+    fn a_dry_run_rule_lets_through_what_it_would_refuse_and_counts_it() {
+        let config = config("deny");
+        let never = policy(Ask::Failed);
+        let auth = bearer(&claims(json!({})));
+        let decision = run(
+            &config,
+            &never,
+            "/trial/x",
+            &[("authorization", &auth), ("x-user-id", "spoof")],
+            false,
+        );
+        assert_eq!(
+            decision.outcome,
+            Outcome::Forward(vec![HeaderEdit::Remove("x-user-id".into())])
+        );
+        assert_eq!(decision.dry_run, Some(Refusal::Forbidden));
+        assert!(decision
+            .counters
+            .contains(&Counter::Rule(2, RuleEvent::DryRunDenied)));
+        let unauthenticated = run(&config, &never, "/trial/x", &[], false);
+        assert_eq!(
+            unauthenticated.dry_run,
+            Some(Refusal::Authn(AuthnError::Missing))
+        );
+    }
+
+    #[test]
+    fn paths_that_could_mean_another_path_upstream_are_refused_before_any_rule() {
+        let config = config("deny");
+        let never = policy(Ask::Failed);
+        for path in [
+            "/public/../users/42/orders",
+            "/public/%2e%2e/admin",
+            "//users/42/orders",
+            "/public/..;/x",
+        ] {
+            let decision = run(&config, &never, path, &[], false);
+            assert_eq!(status(&decision), 400, "{path}");
+            assert!(matches!(decision.refusal, Some(Refusal::BadPath(_))));
+        }
+        // An unreserved escape is decoded before matching.
+        assert_eq!(
+            status(&run(&config, &never, "/%70ublic/x", &[], false)),
+            200
+        );
+    }
+
+    #[test]
+    fn hybrid_local_deny_never_asks_the_central_service() {
+        let config = config("deny");
+        let allow = policy(decided(PolicyDecision {
+            allow: true,
+            ..PolicyDecision::default()
+        }));
+        let auth = bearer(&claims(json!({})));
+        let decision = run(
+            &config,
+            &allow,
+            "/hybrid",
+            &[("authorization", &auth), ("x-tenant", "evil")],
+            false,
+        );
+        assert_eq!(status(&decision), 403);
+        assert!(allow.inputs.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_central_service_gets_the_opa_envoy_input_with_the_identity() {
+        let config = config("deny");
+        let allow = policy(decided(PolicyDecision {
+            allow: true,
+            upstream_headers: vec![("x-policy".into(), "v1".into())],
+            ..PolicyDecision::default()
+        }));
+        let auth = bearer(&claims(json!({})));
+        let decision = run(
+            &config,
+            &allow,
+            "/hybrid/a?x=1",
+            &[("authorization", &auth), ("x-tenant", "acme")],
+            false,
+        );
+        let Outcome::Forward(edits) = &decision.outcome else {
+            panic!("{decision:?}")
+        };
+        assert!(edits.contains(&HeaderEdit::Set("x-policy".into(), "v1".into())));
+        assert!(decision
+            .counters
+            .contains(&Counter::AuthzService(AuthzEvent::Allowed)));
+        let inputs = allow.inputs.borrow();
+        let input: Value = serde_json::from_str(&inputs[0].0).unwrap();
+        assert_eq!(input["input"]["identity"]["provider"], "corp");
+        assert_eq!(input["input"]["identity"]["claims"]["tenant"], "acme");
+        assert_eq!(input["input"]["parsed_path"], json!(["hybrid", "a"]));
+        assert_eq!(
+            input["input"]["attributes"]["request"]["http"]["headers"],
+            json!({"x-tenant": "acme"})
+        );
+        assert!(
+            !inputs[0].0.contains(&auth[7..]),
+            "the token never reaches the policy"
+        );
+    }
+
+    #[test]
+    fn a_central_deny_shapes_the_answer() {
+        let config = config("deny");
+        let deny = policy(decided(PolicyDecision {
+            allow: false,
+            status: Some(451),
+            body: Some("blocked".into()),
+            response_headers: vec![("x-reason".into(), "geo".into())],
+            ..PolicyDecision::default()
+        }));
+        let auth = bearer(&claims(json!({})));
+        let decision = run(
+            &config,
+            &deny,
+            "/hybrid",
+            &[("authorization", &auth), ("x-tenant", "acme")],
+            false,
+        );
+        let Outcome::Deny(answer) = &decision.outcome else {
+            panic!()
+        };
+        assert_eq!((answer.status, answer.body.as_str()), (451, "blocked"));
+        assert_eq!(answer.headers, vec![("x-reason".into(), "geo".into())]);
+        assert_eq!(decision.refusal, Some(Refusal::CentralDenied));
+        let plain = policy(decided(PolicyDecision::default()));
+        let decision = run(
+            &config,
+            &plain,
+            "/hybrid",
+            &[("authorization", &auth), ("x-tenant", "acme")],
+            false,
+        );
+        let Outcome::Deny(answer) = &decision.outcome else {
+            panic!()
+        };
+        assert_eq!(answer.status, 403);
+        assert!(answer
+            .www_authenticate
+            .as_deref()
+            .unwrap()
+            .contains("insufficient_scope"));
+    }
+
+    #[test]
+    fn a_pending_decision_waits_once_then_on_error_decides() {
+        let auth = bearer(&claims(json!({})));
+        let headers = [("authorization", auth.as_str()), ("x-tenant", "acme")];
+        let pending = policy(Ask::Pending);
+        let deny_on_error = config("deny");
+        let first = run(&deny_on_error, &pending, "/hybrid", &headers, false);
+        assert!(matches!(&first.outcome, Outcome::Wait(w) if w.central.is_some()));
+        let later = run(&deny_on_error, &pending, "/hybrid", &headers, true);
+        assert_eq!(
+            (status(&later), later.refusal),
+            (503, Some(Refusal::AuthzUnavailable))
+        );
+        let allow_on_error = config("allow");
+        let later = run(
+            &allow_on_error,
+            &policy(Ask::Failed),
+            "/hybrid",
+            &headers,
+            false,
+        );
+        assert_eq!(status(&later), 200);
+        assert!(later
+            .counters
+            .contains(&Counter::AuthzService(AuthzEvent::Failure)));
     }
 }

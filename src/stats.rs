@@ -18,6 +18,38 @@ pub enum Counter {
     JwksDiscoveryIssuerMismatch,
     /// `tokengate.exchange.<name>.<event>`, for the exchange at this index.
     Exchange(usize, ExchangeEvent),
+    /// `tokengate.rule.<name>.<event>`, for the rule at this index.
+    Rule(usize, RuleEvent),
+    /// `tokengate.authz_service.<event>`.
+    AuthzService(AuthzEvent),
+}
+
+/// What a rule decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleEvent {
+    Allowed,
+    Denied,
+    /// Denied, but let through: the rule is a dry run.
+    DryRunDenied,
+}
+
+/// What the central policy service said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthzEvent {
+    Allowed,
+    Denied,
+    /// Decided from the VM's decision cache.
+    CacheHit,
+    /// No usable decision (down, slow, garbage): `on_error` applies.
+    Failure,
+}
+
+/// The names metric names are built from: exchanges and rules, by index.
+#[derive(Debug, Clone, Default)]
+pub struct MetricNames {
+    pub exchanges: Vec<String>,
+    /// Stat-safe rule names.
+    pub rules: Vec<String>,
 }
 
 /// What happened to an opaque token at an exchange.
@@ -58,8 +90,8 @@ pub fn exchange_latency_histogram(exchange: &str) -> String {
 }
 
 impl Counter {
-    /// The metric name; `exchanges` names the exchanges by index.
-    pub fn name(self, exchanges: &[String]) -> String {
+    /// The metric name.
+    pub fn name(self, names: &MetricNames) -> String {
         match self {
             Counter::Allowed => "tokengate.allowed".into(),
             Counter::Denied(reason) => format!("tokengate.denied.{reason}"),
@@ -73,9 +105,27 @@ impl Counter {
                 "tokengate.jwks.discovery_issuer_mismatch".into()
             }
             Counter::Exchange(index, event) => exchange_counter(
-                exchanges.get(index).map_or("unknown", String::as_str),
+                names.exchanges.get(index).map_or("unknown", String::as_str),
                 event,
             ),
+            Counter::Rule(index, event) => {
+                let rule = names.rules.get(index).map_or("unknown", String::as_str);
+                let event = match event {
+                    RuleEvent::Allowed => "allowed",
+                    RuleEvent::Denied => "denied",
+                    RuleEvent::DryRunDenied => "dry_run_denied",
+                };
+                format!("tokengate.rule.{rule}.{event}")
+            }
+            Counter::AuthzService(event) => {
+                let event = match event {
+                    AuthzEvent::Allowed => "allowed",
+                    AuthzEvent::Denied => "denied",
+                    AuthzEvent::CacheHit => "cache_hit",
+                    AuthzEvent::Failure => "failure",
+                };
+                format!("tokengate.authz_service.{event}")
+            }
         }
     }
 }
@@ -91,26 +141,46 @@ mod tests {
 
     #[test]
     fn counter_names_follow_the_contract() {
-        assert_eq!(Counter::Allowed.name(&[]), "tokengate.allowed");
         assert_eq!(
-            Counter::Denied("expired").name(&[]),
+            Counter::Allowed.name(&MetricNames::default()),
+            "tokengate.allowed"
+        );
+        assert_eq!(
+            Counter::Denied("expired").name(&MetricNames::default()),
             "tokengate.denied.expired"
         );
-        assert_eq!(Counter::CacheHit.name(&[]), "tokengate.cache.hit");
-        assert_eq!(Counter::CacheMiss.name(&[]), "tokengate.cache.miss");
         assert_eq!(
-            Counter::JwksFetchSuccess.name(&[]),
+            Counter::CacheHit.name(&MetricNames::default()),
+            "tokengate.cache.hit"
+        );
+        assert_eq!(
+            Counter::CacheMiss.name(&MetricNames::default()),
+            "tokengate.cache.miss"
+        );
+        assert_eq!(
+            Counter::JwksFetchSuccess.name(&MetricNames::default()),
             "tokengate.jwks.fetch.success"
         );
         assert_eq!(
-            Counter::JwksStaleServed.name(&[]),
+            Counter::JwksStaleServed.name(&MetricNames::default()),
             "tokengate.jwks.stale_served"
         );
         assert_eq!(key_age_gauge("corp"), "tokengate.jwks.corp.age_secs");
-        let names = ["opaque".to_owned()];
+        let names = MetricNames {
+            exchanges: vec!["opaque".to_owned()],
+            rules: vec!["admin".to_owned()],
+        };
         assert_eq!(
             Counter::Exchange(0, ExchangeEvent::NegativeHit).name(&names),
             "tokengate.exchange.opaque.negative_hit"
+        );
+        assert_eq!(
+            Counter::Rule(0, RuleEvent::DryRunDenied).name(&names),
+            "tokengate.rule.admin.dry_run_denied"
+        );
+        assert_eq!(
+            Counter::AuthzService(AuthzEvent::CacheHit).name(&names),
+            "tokengate.authz_service.cache_hit"
         );
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::crypto::alg::Alg;
 use crate::exchange::Exchange;
+use crate::policy::central::AuthzService;
 use crate::policy::rules::{
     Authenticator, AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction,
 };
@@ -18,7 +19,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 mod exchange;
+mod policy;
 use exchange::{compile_exchange, RawExchange};
+use policy::{compile_authz_service, compile_condition, RawCondition};
 
 /// A configuration error: the field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +56,8 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     pub exchanges: BTreeMap<String, RawExchange>,
     pub rules: Vec<RawRule>,
-    pub authz_service: Option<Value>,
+    pub authz_service: Option<Slots>,
+    pub allow_encoded_slashes: bool,
 }
 
 #[derive(Debug)]
@@ -96,14 +100,13 @@ pub struct RawForward {
     pub claims: BTreeMap<String, String>,
 }
 
-#[derive(Debug)]
 pub struct RawRule {
     pub name: Option<String>,
     /// `match` in the document.
     pub matcher: RawMatch,
     pub allow: Option<String>,
     pub authn: Option<RawAuthn>,
-    pub authz: Option<Value>,
+    pub authz: Option<RawCondition>,
     pub central: Option<bool>,
     pub dry_run: Option<bool>,
 }
@@ -169,6 +172,10 @@ pub struct Config {
     pub reads: Reads,
     /// (path, JWKS document) of every minting exchange's `jwks_path`.
     pub jwks_paths: Vec<(String, String)>,
+    /// The central policy service, for rules with `central: true`.
+    pub authz_service: Option<AuthzService>,
+    /// `paths.allow_encoded_slashes`: `%2F` in a path is let through, matched literally.
+    pub allow_encoded_slashes: bool,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -287,7 +294,8 @@ const CONFIG_FIELDS: &[Field] = &[
     defaulted("providers", Kind::Object),
     defaulted("exchanges", Kind::Object),
     defaulted("rules", Kind::Array),
-    optional("authz_service", Kind::Any),
+    optional("authz_service", Kind::Object),
+    optional("paths", Kind::Object),
 ];
 const PROVIDER_FIELDS: &[Field] = &[
     required("issuer", Kind::String),
@@ -326,7 +334,7 @@ const RULE_FIELDS: &[Field] = &[
     defaulted("match", Kind::Object),
     optional("allow", Kind::String),
     optional("authn", Kind::Object),
-    optional("authz", Kind::Any),
+    optional("authz", Kind::Object),
     optional("central", Kind::Bool),
     optional("dry_run", Kind::Bool),
 ];
@@ -421,12 +429,24 @@ impl Reader {
         for (index, value) in elements(fields.value("rules")).into_iter().enumerate() {
             rules.push(self.rule(value, &item_path("rules", index))?);
         }
+        let authz_service = fields
+            .value("authz_service")
+            .map(|value| self.read(value, "authz_service", policy::AUTHZ_SERVICE_FIELDS))
+            .transpose()?;
+        let allow_encoded_slashes = match fields.value("paths") {
+            None => false,
+            Some(value) => self
+                .read(value, "paths", policy::PATHS_FIELDS)?
+                .bool("allow_encoded_slashes")
+                .unwrap_or(false),
+        };
         Ok(RawConfig {
             realm: fields.string("realm"),
             providers,
             exchanges,
             rules,
-            authz_service: fields.value("authz_service"),
+            authz_service,
+            allow_encoded_slashes,
         })
     }
 
@@ -523,12 +543,16 @@ impl Reader {
                 })
             }
         };
+        let authz = fields
+            .value("authz")
+            .map(|value| self.condition(value, &field_path(at, "authz"), 0))
+            .transpose()?;
         Ok(RawRule {
             name: fields.string("name"),
             matcher,
             allow: fields.string("allow"),
             authn,
-            authz: fields.value("authz"),
+            authz,
             central: fields.bool("central"),
             dry_run: fields.bool("dry_run"),
         })
@@ -878,12 +902,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be non-empty printable ASCII without quotes or backslashes",
         ));
     }
-    if raw.authz_service.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ConfigError::new(
-            "authz_service",
-            "not supported by this version of tokengate",
-        ));
-    }
+    let authz_service = raw.authz_service.map(compile_authz_service).transpose()?;
     let mut providers = Vec::new();
     for (name, raw_provider) in raw.providers {
         providers.push(compile_provider(&name, raw_provider)?);
@@ -903,19 +922,21 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .map(Authenticator::Provider)
             .chain((0..exchanges.len()).map(Authenticator::Exchange))
             .collect();
-        vec![Rule {
-            name: "default".into(),
-            matcher: Matcher::default(),
-            action: RuleAction::Authn {
+        vec![Rule::plain(
+            "default",
+            Matcher::default(),
+            RuleAction::Authn {
                 requirement: AuthnRequirement::Any(every),
                 optional: false,
             },
-        }]
+        )]
     } else {
         raw.rules
             .into_iter()
             .enumerate()
-            .map(|(index, rule)| compile_rule(index, rule, &providers, &exchanges))
+            .map(|(index, rule)| {
+                compile_rule(index, rule, &providers, &exchanges, authz_service.is_some())
+            })
             .collect::<Result<_, _>>()?
     };
     let mut identity_headers: Vec<String> = providers
@@ -939,6 +960,26 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     for rule in &rules {
         rule.matcher.add_reads(&mut reads);
+        if let Some(authz) = &rule.authz {
+            let mut headers = Vec::new();
+            authz.headers(&mut headers);
+            headers.iter().for_each(|name| reads.add_header(name));
+            let (method, path) = authz.reads_method_or_path();
+            reads.method |= method;
+            reads.path |= path;
+        }
+    }
+    if let Some(service) = authz_service
+        .as_ref()
+        .filter(|_| rules.iter().any(|r| r.central))
+    {
+        reads.method = true;
+        reads.path = true;
+        reads.host = true;
+        service
+            .include_headers
+            .iter()
+            .for_each(|name| reads.add_header(name));
     }
     for name in &identity_headers {
         reads.add_header(name);
@@ -960,6 +1001,8 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         identity_headers,
         reads,
         jwks_paths,
+        authz_service,
+        allow_encoded_slashes: raw.allow_encoded_slashes,
     })
 }
 
@@ -1274,22 +1317,22 @@ fn compile_rule(
     raw: RawRule,
     providers: &[Provider],
     exchanges: &[Exchange],
+    has_authz_service: bool,
 ) -> Result<Rule, ConfigError> {
     let at = |field: &str| format!("rules[{index}].{field}");
     let name = raw.name.unwrap_or_else(|| format!("rules[{index}]"));
-    for (set, field) in [
-        (raw.authz.is_some(), "authz"),
-        (raw.central.is_some(), "central"),
-        (raw.dry_run.is_some(), "dry_run"),
-    ] {
-        if set {
-            return Err(ConfigError::new(
-                at(field),
-                "not supported by this version of tokengate",
-            ));
-        }
+    let central = raw.central.unwrap_or(false);
+    if central && !has_authz_service {
+        return Err(ConfigError::new(
+            at("central"),
+            "needs a top-level \"authz_service\" to ask",
+        ));
     }
     let matcher = compile_match(&at("match"), raw.matcher)?;
+    let authz = raw
+        .authz
+        .map(|raw| compile_condition(raw, matcher.path.as_ref()))
+        .transpose()?;
     let action = match (raw.allow, raw.authn) {
         (Some(allow), None) if allow == "anonymous" => RuleAction::Anonymous,
         (Some(_), None) => {
@@ -1345,9 +1388,13 @@ fn compile_rule(
         }
     };
     Ok(Rule {
+        stat_name: crate::policy::rules::stat_name(&name),
         name,
         matcher,
         action,
+        authz,
+        central,
+        dry_run: raw.dry_run.unwrap_or(false),
     })
 }
 
@@ -1687,17 +1734,57 @@ mod tests {
     }
 
     #[test]
-    fn features_of_later_versions_are_refused_not_ignored() {
+    fn authorization_sections_are_checked_with_their_paths() {
         let e = error_of(&with(|d| d["authz_service"] = json!({"uri": "http://opa"})));
         assert_eq!(e.path, "authz_service");
+        let rule = |authz: Value| {
+            with(
+                |d| d["rules"] = json!([{"match": {"path": {"template": "/users/{id}"}}, "authn": {"any": ["corp"]}, "authz": authz}]),
+            )
+        };
+        assert_eq!(
+            error_of(&rule(json!({"all": []}))).path,
+            "rules[0].authz.all"
+        );
+        assert_eq!(
+            error_of(&rule(json!({"all": [{"claim": "scope"}]}))).path,
+            "rules[0].authz.all[0]"
+        );
+        assert_eq!(
+            error_of(&rule(json!({"any": [{"bogus": 1}]}))).path,
+            "rules[0].authz.any[0]"
+        );
+        assert_eq!(
+            error_of(&rule(
+                json!({"not": {"path_param": "tenant", "equals_claim": "t"}})
+            ))
+            .path,
+            "rules[0].authz.not.path_param"
+        );
+        assert_eq!(
+            error_of(&rule(json!({"header": "x-t", "equals": "a", "extra": 1}))).path,
+            "rules[0].authz.extra"
+        );
         let e =
             error_of(&with(
                 |d| {
-                    d["rules"] =
-                        json!([{"match": {}, "authn": {"any": ["corp"]}, "authz": {"all": []}}])
+                    d["rules"] = json!([{"match": {}, "authn": {"any": ["corp"]}, "central": true}])
                 },
             ));
-        assert_eq!(e.path, "rules[0].authz");
+        assert_eq!(e.path, "rules[0].central");
+        let config = Config::from_json(
+            rule(json!({"all": [
+                {"claim": "scope", "contains": "admin"},
+                {"path_param": "id", "equals_claim": "sub"},
+                {"header": "x-tenant", "equals_claim": "tenant"},
+                {"not": {"method": ["DELETE"]}}
+            ]}))
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        assert!(config.reads.headers.contains(&"x-tenant".to_owned()));
+        assert!(config.reads.method && config.reads.path);
         // A null authz_service is the contract's way of saying "none".
         assert!(Config::from_json(
             with(|d| d["authz_service"] = json!(null))
@@ -1705,6 +1792,34 @@ mod tests {
                 .as_bytes()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_authz_service_is_read_with_its_defaults() {
+        let config = Config::from_json(
+            with(|d| {
+                d["authz_service"] = json!({"uri": "http://opa:8181/v1/data/http/authz", "cluster": "opa",
+                                            "on_error": "allow", "include_headers": ["X-Tenant"]});
+                d["rules"] = json!([{"match": {}, "authn": {"any": ["corp"]}, "central": true}]);
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let service = config.authz_service.as_ref().unwrap();
+        assert!(service.allow_on_error);
+        assert_eq!(service.include_headers, vec!["x-tenant".to_owned()]);
+        assert_eq!((service.timeout_ms, service.cache_secs), (200, 5));
+        assert!(config.rules[0].central);
+        assert!(config.reads.headers.contains(&"x-tenant".to_owned()));
+        let e =
+            error_of(&with(
+                |d| {
+                    d["authz_service"] =
+                        json!({"uri": "http://opa", "cluster": "opa", "on_error": "maybe"})
+                },
+            ));
+        assert_eq!(e.path, "authz_service.on_error");
     }
 
     #[test]

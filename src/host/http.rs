@@ -1,6 +1,7 @@
 //! The HTTP context: read the request, ask the core, apply the decision; park the
 //! request when the core says to wait for keys or an exchange answer.
 
+use super::central::{self, HostPolicy};
 use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
@@ -28,6 +29,8 @@ pub struct Waiter {
     seen: Vec<(usize, u64, u64)>,
     /// (exchange, token key) whose answer it waits for.
     exchanges: Vec<(usize, TokenKey)>,
+    /// The central decision it waits for.
+    central: Option<[u8; 32]>,
     pub deadline_ms: u64,
 }
 
@@ -46,6 +49,10 @@ impl Waiter {
                 .exchanges
                 .iter()
                 .any(|(exchange, key)| exchanges::answered(state, *exchange, *key, now_ms))
+            || self
+                .central
+                .as_ref()
+                .is_some_and(|key| central::answered(state, key))
     }
 }
 
@@ -141,9 +148,15 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         now_ms,
         resumed: attempt.resumed,
     };
+    let policy = HostPolicy {
+        state,
+        context_id,
+        now_ms,
+    };
     let services = Services {
         keyring: &keyring,
         exchanges: &exchanges,
+        policy: &policy,
     };
     let mut caches = state.caches.borrow_mut();
     decide(
@@ -160,6 +173,14 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
 /// request should continue upstream.
 fn apply(state: &VmState, decision: Decision) -> bool {
     tally(state, &decision);
+    if let Some(refusal) = decision.dry_run {
+        // The rule is on trial: what it would refuse is logged (name and reason only).
+        log::info!(
+            "tokengate: dry run: rule={} would refuse, reason={}",
+            rule_name(state, decision.rule),
+            refusal.reason()
+        );
+    }
     match decision.outcome {
         Outcome::Forward(edits) => {
             for edit in edits {
@@ -178,10 +199,7 @@ fn apply(state: &VmState, decision: Decision) -> bool {
             if let Some(refusal) = decision.refusal {
                 log::debug!(
                     "tokengate: refused rule={} reason={}",
-                    decision
-                        .rule
-                        .and_then(|i| state.config.rules.get(i))
-                        .map_or("-", |rule| rule.name.as_str()),
+                    rule_name(state, decision.rule),
                     refusal.reason()
                 );
             }
@@ -222,12 +240,21 @@ fn tally(state: &VmState, decision: &Decision) {
     }
 }
 
+fn rule_name(state: &VmState, rule: Option<usize>) -> &str {
+    rule.and_then(|i| state.config.rules.get(i))
+        .map_or("-", |rule| rule.name.as_str())
+}
+
 /// Answers the request with a refusal.
 fn send(deny: &Deny) {
-    let mut headers = vec![("content-type", "application/json")];
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2 + deny.headers.len());
+    if !deny.headers.iter().any(|(name, _)| name == "content-type") {
+        headers.push(("content-type", "application/json"));
+    }
     if let Some(challenge) = deny.www_authenticate.as_deref() {
         headers.push(("www-authenticate", challenge));
     }
+    headers.extend(deny.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let _ = hostcalls::send_http_response(deny.status, headers, Some(deny.body.as_bytes()));
 }
 
@@ -284,21 +311,29 @@ fn park(
         .filter_map(|(e, _)| state.config.exchanges.get(*e).map(lease_ms))
         .max()
         .unwrap_or(0);
+    let central_ms = match (&waits.central, &state.config.authz_service) {
+        (Some(_), Some(service)) => central::wait_ms(service).saturating_mul(2),
+        _ => 0,
+    };
     let wait_ms = keys
         .wait_bound_ms(&waits.providers)
-        .max(exchange_ms.saturating_mul(2));
+        .max(exchange_ms.saturating_mul(2))
+        .max(central_ms);
     Waiter {
         context_id,
         request,
         seen,
         exchanges: waits.exchanges.clone(),
+        central: waits.central,
         deadline_ms: deadline_ms.unwrap_or_else(|| now_ms() + wait_ms),
     }
 }
 
 impl Context for Http {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        if exchanges::on_response(&self.state, token_id, body_size) {
+        if exchanges::on_response(&self.state, token_id, body_size)
+            || central::on_response(&self.state, token_id, body_size)
+        {
             wake(&self.state);
         }
     }
@@ -329,5 +364,6 @@ impl HttpContext for Http {
             .borrow_mut()
             .retain(|w| w.context_id != self.context_id);
         exchanges::forget_context(&self.state, self.context_id);
+        central::forget_context(&self.state, self.context_id);
     }
 }

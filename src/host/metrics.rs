@@ -5,7 +5,7 @@
 //! request were a measurable part of a cached request. Counters of the key machinery
 //! (rare) go to Envoy at once.
 
-use crate::stats::Counter;
+use crate::stats::{Counter, MetricNames};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
@@ -17,8 +17,8 @@ pub const FLUSH_MS: u64 = 100;
 
 #[derive(Default)]
 pub struct Metrics {
-    /// Exchange names by index, for the names of exchange counters.
-    exchange_names: Vec<String>,
+    /// Exchange and rule names by index, for the names of their counters.
+    names: MetricNames,
     counters: RefCell<HashMap<Counter, u32>>,
     /// Gauges and histograms, by name.
     gauges: RefCell<HashMap<String, u32>>,
@@ -28,9 +28,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(exchange_names: Vec<String>) -> Metrics {
+    pub fn new(names: MetricNames) -> Metrics {
         Metrics {
-            exchange_names,
+            names,
             ..Metrics::default()
         }
     }
@@ -73,10 +73,8 @@ impl Metrics {
         let mut ids = self.counters.borrow_mut();
         let id = match ids.get(&counter) {
             Some(id) => *id,
-            None => match hostcalls::define_metric(
-                MetricType::Counter,
-                &counter.name(&self.exchange_names),
-            ) {
+            None => match hostcalls::define_metric(MetricType::Counter, &counter.name(&self.names))
+            {
                 Ok(id) => *ids.entry(counter).or_insert(id),
                 Err(_) => return,
             },

@@ -2,6 +2,7 @@
 //! decisions become host calls. Host calls go through `proxy_wasm::hostcalls`, whose
 //! errors we handle, not the SDK's trait helpers, which unwrap.
 
+mod central;
 mod exchanges;
 mod http;
 mod keys;

@@ -1,12 +1,15 @@
 //! The root context: configuration, per-VM state, the tick that drives key fetches and
 //! wakes paused requests, and the callouts' answers.
 
+use super::central::PolicyCalls;
 use super::exchanges::Flights;
 use super::http::{wake, Http, Waiter};
 use super::keys::KeyStore;
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::flow::Caches;
+use crate::policy::central::{DecisionCache, DEFAULT_MAX_DECISIONS};
+use crate::stats::MetricNames;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
@@ -38,6 +41,10 @@ pub struct VmState {
     pub nonce: u64,
     /// Exchange callouts this VM started.
     pub flights: Flights,
+    /// Central policy decisions of this VM, by input key.
+    pub decisions: RefCell<DecisionCache>,
+    /// Central policy callouts this VM started, and their fresh answers.
+    pub policy: PolicyCalls,
     pub keys: RefCell<KeyStore>,
     pub waiters: RefCell<Vec<Waiter>>,
     /// The tick period last asked for, so it is changed only when it must.
@@ -83,7 +90,8 @@ impl Root {
         state.metrics.flush(now);
         let busy = state.keys.borrow().busy()
             || !state.waiters.borrow().is_empty()
-            || !state.flights.is_empty();
+            || !state.flights.is_empty()
+            || !state.policy.is_empty();
         state.set_tick(if busy { BUSY_TICK_MS } else { IDLE_TICK_MS });
     }
 
@@ -138,13 +146,18 @@ impl RootContext for Root {
                     config.exchanges.len(),
                     config.rules.len()
                 );
-                let exchange_names = config.exchanges.iter().map(|e| e.name.clone()).collect();
+                let names = MetricNames {
+                    exchanges: config.exchanges.iter().map(|e| e.name.clone()).collect(),
+                    rules: config.rules.iter().map(|r| r.stat_name.clone()).collect(),
+                };
                 let state = Rc::new(VmState {
                     config,
                     caches: RefCell::new(caches),
-                    metrics: Metrics::new(exchange_names),
+                    metrics: Metrics::new(names),
                     nonce,
                     flights: Flights::default(),
+                    decisions: RefCell::new(DecisionCache::new(DEFAULT_MAX_DECISIONS)),
+                    policy: PolicyCalls::default(),
                     keys: RefCell::new(keys),
                     waiters: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),

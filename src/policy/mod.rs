@@ -1,3 +1,6 @@
 //! Authorization: which rule applies to a request and what it requires.
 
+pub mod authz;
+pub mod central;
+pub mod paths;
 pub mod rules;

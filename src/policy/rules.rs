@@ -1,12 +1,50 @@
 //! Rules: which requests need which authentication. First match wins.
 
+use crate::policy::authz::Condition;
 use crate::token::extract::{Reads, Request};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
+    /// The name as it can stand in a metric name (`tokengate.rule.<stat_name>.…`).
+    pub stat_name: String,
     pub matcher: Matcher,
     pub action: RuleAction,
+    /// Local authorization, checked after authentication.
+    pub authz: Option<Condition>,
+    /// Ask `authz_service` after the local checks pass.
+    pub central: bool,
+    /// Decide, log and count, but let the request through.
+    pub dry_run: bool,
+}
+
+impl Rule {
+    /// A rule with no authorization of its own (the implicit rule, tests).
+    pub fn plain(name: &str, matcher: Matcher, action: RuleAction) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            stat_name: stat_name(name),
+            matcher,
+            action,
+            authz: None,
+            central: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// A rule name made safe for a metric name: anything but letters, digits, `_` and `-`
+/// becomes `_`.
+pub fn stat_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +136,16 @@ impl PathMatch {
         Some(PathMatch::Template(segments))
     }
 
+    /// The segment position of a template variable.
+    pub fn param_segment(&self, name: &str) -> Option<usize> {
+        match self {
+            PathMatch::Template(segments) => segments
+                .iter()
+                .position(|s| matches!(s, Segment::Param(p) if p == name)),
+            _ => None,
+        }
+    }
+
     fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(exact) => path == exact,
@@ -131,9 +179,10 @@ impl Matcher {
         }
     }
 
-    pub fn matches(&self, request: &Request) -> bool {
-        if let Some(path) = &self.path {
-            if !path.matches(request.path_only()) {
+    /// Whether the request matches; `path` is the normalized path (no query).
+    pub fn matches(&self, request: &Request, path: &str) -> bool {
+        if let Some(path_match) = &self.path {
+            if !path_match.matches(path) {
                 return false;
             }
         }
@@ -174,18 +223,25 @@ fn host_matches(rule: &str, authority: &str) -> bool {
         })
 }
 
-/// The first rule whose matcher matches.
-/// The first rule that matches, with its index.
-pub fn first_match<'a>(rules: &'a [Rule], request: &Request) -> Option<(usize, &'a Rule)> {
+/// The first rule that matches, with its index; `path` is the normalized path.
+pub fn first_match<'a>(
+    rules: &'a [Rule],
+    request: &Request,
+    path: &str,
+) -> Option<(usize, &'a Rule)> {
     rules
         .iter()
         .enumerate()
-        .find(|(_, rule)| rule.matcher.matches(request))
+        .find(|(_, rule)| rule.matcher.matches(request, path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hit(matcher: &Matcher, request: &Request) -> bool {
+        matcher.matches(request, request.path_only())
+    }
 
     fn request(method: &str, path: &str, host: &str) -> Request {
         Request {
@@ -198,7 +254,10 @@ mod tests {
 
     #[test]
     fn empty_matcher_matches_everything() {
-        assert!(Matcher::default().matches(&request("DELETE", "/anything?x=1", "h")));
+        assert!(hit(
+            &Matcher::default(),
+            &request("DELETE", "/anything?x=1", "h")
+        ));
     }
 
     #[test]
@@ -207,8 +266,8 @@ mod tests {
             path: Some(PathMatch::Prefix("/healthz".into())),
             ..Matcher::default()
         };
-        assert!(m.matches(&request("GET", "/healthz?verbose=1", "h")));
-        assert!(!m.matches(&request("GET", "/api?next=/healthz", "h")));
+        assert!(hit(&m, &request("GET", "/healthz?verbose=1", "h")));
+        assert!(!hit(&m, &request("GET", "/api?next=/healthz", "h")));
     }
 
     #[test]
@@ -217,8 +276,8 @@ mod tests {
             path: Some(PathMatch::Exact("/a".into())),
             ..Matcher::default()
         };
-        assert!(m.matches(&request("GET", "/a?q", "h")));
-        assert!(!m.matches(&request("GET", "/a/", "h")));
+        assert!(hit(&m, &request("GET", "/a?q", "h")));
+        assert!(!hit(&m, &request("GET", "/a/", "h")));
     }
 
     #[test]
@@ -227,10 +286,10 @@ mod tests {
             path: PathMatch::template("/users/{id}/orders"),
             ..Matcher::default()
         };
-        assert!(m.matches(&request("GET", "/users/42/orders", "h")));
-        assert!(!m.matches(&request("GET", "/users//orders", "h")));
-        assert!(!m.matches(&request("GET", "/users/42/orders/7", "h")));
-        assert!(!m.matches(&request("GET", "/users/42", "h")));
+        assert!(hit(&m, &request("GET", "/users/42/orders", "h")));
+        assert!(!hit(&m, &request("GET", "/users//orders", "h")));
+        assert!(!hit(&m, &request("GET", "/users/42/orders/7", "h")));
+        assert!(!hit(&m, &request("GET", "/users/42", "h")));
     }
 
     #[test]
@@ -248,13 +307,13 @@ mod tests {
             host: Some("api.example.com".into()),
             headers: vec![("x-tenant".into(), HeaderMatch::Equals("acme".into()))],
         };
-        assert!(m.matches(&request("GET", "/", "API.example.com:8443")));
-        assert!(!m.matches(&request("POST", "/", "api.example.com")));
-        assert!(!m.matches(&request("GET", "/", "other.example.com")));
+        assert!(hit(&m, &request("GET", "/", "API.example.com:8443")));
+        assert!(!hit(&m, &request("POST", "/", "api.example.com")));
+        assert!(!hit(&m, &request("GET", "/", "other.example.com")));
         let absent = Matcher {
             headers: vec![("x-other".into(), HeaderMatch::Present(false))],
             ..Matcher::default()
         };
-        assert!(absent.matches(&request("GET", "/", "h")));
+        assert!(hit(&absent, &request("GET", "/", "h")));
     }
 }
