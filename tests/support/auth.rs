@@ -8,18 +8,18 @@
 //! answer holds its connection at most [`MAX_HANG`], and dropping the `Auth` closes
 //! everything.
 
-use super::client::{parse_headers, read_body, read_head};
+use super::server::{lock, Answer, Reply, Request, Server};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokengate::crypto::sign::SigningKey;
+
+/// The longest a hanging or delayed answer holds its connection.
+pub use super::server::MAX_HANG;
 
 pub const INTROSPECT_PATH: &str = "/introspect";
 pub const TOKEN_PATH: &str = "/token";
@@ -32,15 +32,11 @@ pub const INTROSPECTION_JWT_TYP: &str = "token-introspection+jwt";
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-/// The longest a hanging or delayed answer holds its connection.
-pub const MAX_HANG: Duration = Duration::from_secs(10);
 /// The body size of [`Mode::Huge`].
 pub const HUGE_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// `expires_in` of token exchange answers, and the lifetime of issued JWTs whose token
 /// has no `exp`.
 pub const DEFAULT_EXPIRES_IN: i64 = 300;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the server answers (every path alike), read when each request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,27 +70,8 @@ pub enum SessionAnswer {
     BearerHeader,
 }
 
-/// A request as the server received it.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    /// The request target as sent (path and query, still percent-encoded).
-    pub target: String,
-    /// Lowercase names, in order.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Recorded {
-    /// The first value of a header (name is case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
+/// What an authorization server reads in a request, besides what every server does.
+impl Request {
     /// The body as an `application/x-www-form-urlencoded` form (the last value of a
     /// repeated name wins); `None` if it is not one.
     pub fn form(&self) -> Option<BTreeMap<String, String>> {
@@ -136,7 +113,6 @@ struct JwtAnswer {
 }
 
 struct State {
-    port: u16,
     mode: Mutex<Mode>,
     delay: Mutex<Duration>,
     client_id: Mutex<String>,
@@ -149,28 +125,15 @@ struct State {
     session_answer: Mutex<SessionAnswer>,
     unknown_session_status: Mutex<u16>,
     counts: Counts,
-    last: Mutex<Option<Recorded>>,
+    last: Mutex<Option<Request>>,
     /// Every token (introspected, exchanged, or session id) asked about, in order.
     asked: Mutex<Vec<String>>,
     /// The last JWT issued (token exchange, session, or a signed introspection answer).
     last_issued: Mutex<Option<String>>,
-    connections: Mutex<HashMap<u64, TcpStream>>,
-    next_connection: AtomicU64,
-}
-
-/// Locks, ignoring poisoning (a panicking test thread must not hide the real failure).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Acceptor {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
 }
 
 pub struct Auth {
-    state: Arc<State>,
-    acceptor: Mutex<Option<Acceptor>>,
+    server: Server<State>,
 }
 
 impl Auth {
@@ -182,10 +145,7 @@ impl Auth {
         client_id: &str,
         client_secret: &str,
     ) -> Auth {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("auth: bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("auth: local_addr").port();
-        let state = Arc::new(State {
-            port,
+        let state = |_| State {
             mode: Mutex::new(Mode::Serve),
             delay: Mutex::new(Duration::ZERO),
             client_id: Mutex::new(client_id.to_owned()),
@@ -206,18 +166,18 @@ impl Auth {
             last: Mutex::new(None),
             asked: Mutex::new(Vec::new()),
             last_issued: Mutex::new(None),
-            connections: Mutex::new(HashMap::new()),
-            next_connection: AtomicU64::new(0),
-        });
-        let acceptor = spawn_acceptor(listener, state.clone());
+        };
         Auth {
-            state,
-            acceptor: Mutex::new(Some(acceptor)),
+            server: Server::start("auth", state, handle),
         }
     }
 
+    fn state(&self) -> &State {
+        self.server.state()
+    }
+
     pub fn port(&self) -> u16 {
-        self.state.port
+        self.server.port()
     }
 
     /// `http://127.0.0.1:<port><path>`, for an exchange's `endpoint.uri`.
@@ -234,7 +194,7 @@ impl Auth {
             .as_object()
             .cloned()
             .expect("auth: token claims must be a JSON object");
-        lock(&self.state.tokens).insert(
+        lock(&self.state().tokens).insert(
             token.to_owned(),
             TokenEntry {
                 claims,
@@ -246,7 +206,7 @@ impl Auth {
     /// From now on `token` is inactive (introspection `active:false`, `invalid_grant`,
     /// unknown session).
     pub fn revoke(&self, token: &str) {
-        if let Some(entry) = lock(&self.state.tokens).get_mut(token) {
+        if let Some(entry) = lock(&self.state().tokens).get_mut(token) {
             entry.revoked = true;
         }
     }
@@ -255,82 +215,82 @@ impl Auth {
     /// RFC 7662 says) or still as active, with its past `exp` (a server that leaves the
     /// expiry check to the resource server).
     pub fn set_honor_exp(&self, honor: bool) {
-        self.state.honor_exp.store(honor, Ordering::SeqCst);
+        self.state().honor_exp.store(honor, Ordering::SeqCst);
     }
 
     // --- behaviour -----------------------------------------------------------------------
 
     pub fn set_mode(&self, mode: Mode) {
-        *lock(&self.state.mode) = mode;
+        *lock(&self.state().mode) = mode;
     }
 
     /// Every answer waits this long first (at most [`MAX_HANG`]): keeps callouts in
     /// flight so that concurrent requests overlap.
     pub fn set_delay(&self, delay: Duration) {
-        *lock(&self.state.delay) = delay.min(MAX_HANG);
+        *lock(&self.state().delay) = delay.min(MAX_HANG);
     }
 
     /// The client credentials requests must carry from now on.
     pub fn set_client(&self, id: &str, secret: &str) {
-        *lock(&self.state.client_id) = id.to_owned();
-        *lock(&self.state.client_secret) = secret.to_owned();
+        *lock(&self.state().client_id) = id.to_owned();
+        *lock(&self.state().client_secret) = secret.to_owned();
     }
 
     /// Sign issued JWTs and RFC 9701 answers with this key from now on (a key the
     /// gateway doesn't trust makes a forged answer).
     pub fn set_signing_key(&self, key: &'static SigningKey) {
-        lock(&self.state.jwt_answer).key = key;
+        lock(&self.state().jwt_answer).key = key;
     }
 
     /// The `typ` of RFC 9701 answers (default [`INTROSPECTION_JWT_TYP`]).
     pub fn set_introspection_typ(&self, typ: &str) {
-        lock(&self.state.jwt_answer).typ = typ.to_owned();
+        lock(&self.state().jwt_answer).typ = typ.to_owned();
     }
 
     /// The `aud` of RFC 9701 answers; `None` (the default): the requesting client's id.
     pub fn set_introspection_aud(&self, aud: Option<&str>) {
-        lock(&self.state.jwt_answer).aud = aud.map(str::to_owned);
+        lock(&self.state().jwt_answer).aud = aud.map(str::to_owned);
     }
 
     /// The `iss` of RFC 9701 answers; `None` (the default): the server's issuer.
     pub fn set_introspection_iss(&self, iss: Option<&str>) {
-        lock(&self.state.jwt_answer).iss = iss.map(str::to_owned);
+        lock(&self.state().jwt_answer).iss = iss.map(str::to_owned);
     }
 
     /// RFC 9701 answers carry `iat` = now + this (default 0): a stale or future answer.
     pub fn set_introspection_iat_offset(&self, secs: i64) {
-        lock(&self.state.jwt_answer).iat_offset_secs = secs;
+        lock(&self.state().jwt_answer).iat_offset_secs = secs;
     }
 
     pub fn set_session_answer(&self, answer: SessionAnswer) {
-        *lock(&self.state.session_answer) = answer;
+        *lock(&self.state().session_answer) = answer;
     }
 
     /// The status for an unknown or revoked session: 404 (the default) or 401.
     pub fn set_unknown_session_status(&self, status: u16) {
-        *lock(&self.state.unknown_session_status) = status;
+        *lock(&self.state().unknown_session_status) = status;
     }
 
     // --- what it saw ---------------------------------------------------------------------
 
     /// `POST /introspect` requests so far (whatever the answer was).
     pub fn introspect_count(&self) -> usize {
-        self.state.counts.introspect.load(Ordering::SeqCst)
+        self.state().counts.introspect.load(Ordering::SeqCst)
     }
 
     /// `POST /token` requests so far.
     pub fn token_count(&self) -> usize {
-        self.state.counts.token.load(Ordering::SeqCst)
+        self.state().counts.token.load(Ordering::SeqCst)
     }
 
     /// `GET /sessions/...` requests so far.
     pub fn sessions_count(&self) -> usize {
-        self.state.counts.sessions.load(Ordering::SeqCst)
+        self.state().counts.sessions.load(Ordering::SeqCst)
     }
 
     /// Requests for any other path so far.
     pub fn other_count(&self) -> usize {
-        self.state.counts.other.load(Ordering::SeqCst)
+        self.state().counts.other.load(Ordering::SeqCst)
     }
 
     /// Requests on every endpoint so far.
@@ -339,8 +299,8 @@ impl Auth {
     }
 
     /// The last request received (any path).
-    pub fn last_request(&self) -> Option<Recorded> {
-        lock(&self.state.last).clone()
+    pub fn last_request(&self) -> Option<Request> {
+        lock(&self.state().last).clone()
     }
 
     /// The form of the last request (empty if there was none, or it had no form body).
@@ -358,7 +318,7 @@ impl Auth {
 
     /// How many times `token` was asked about (as `token`, `subject_token` or session id).
     pub fn times_asked(&self, token: &str) -> usize {
-        lock(&self.state.asked)
+        lock(&self.state().asked)
             .iter()
             .filter(|t| *t == token)
             .count()
@@ -366,12 +326,12 @@ impl Auth {
 
     /// Every token asked about, in order.
     pub fn asked(&self) -> Vec<String> {
-        lock(&self.state.asked).clone()
+        lock(&self.state().asked).clone()
     }
 
     /// The last JWT this server signed (token exchange, session, RFC 9701 answer).
     pub fn last_issued(&self) -> Option<String> {
-        lock(&self.state.last_issued).clone()
+        lock(&self.state().last_issued).clone()
     }
 
     // --- listening -----------------------------------------------------------------------
@@ -379,173 +339,57 @@ impl Auth {
     /// Stops listening and closes every open connection: from now on connections to the
     /// port are refused. [`Auth::listen_again`] undoes it.
     pub fn stop_listening(&self) {
-        if let Some(acceptor) = lock(&self.acceptor).take() {
-            acceptor.stop.store(true, Ordering::SeqCst);
-            // Wake the acceptor so it sees the flag; it drops the listener on its way out.
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()));
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
-            let _ = acceptor.thread.join();
-        }
-        for (_, stream) in lock(&self.state.connections).drain() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.server.stop_listening();
     }
 
     /// Listens on the same port again. Panics if someone else took the port meanwhile.
     pub fn listen_again(&self) {
-        let mut acceptor = lock(&self.acceptor);
-        if acceptor.is_some() {
-            return;
-        }
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()));
-        let listener = TcpListener::bind(addr)
-            .unwrap_or_else(|e| panic!("auth: re-binding {addr} failed ({e}): port taken?"));
-        *acceptor = Some(spawn_acceptor(listener, self.state.clone()));
+        self.server.listen_again();
     }
 }
 
-impl Drop for Auth {
-    fn drop(&mut self) {
-        self.stop_listening();
-    }
-}
-
-fn spawn_acceptor(listener: TcpListener, state: Arc<State>) -> Acceptor {
-    let stop = Arc::new(AtomicBool::new(false));
-    let port = state.port;
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name(format!("auth-{port}"))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let state = state.clone();
-                    // Detached: a connection thread ends when the peer closes, on idle,
-                    // after at most MAX_HANG, or when the server stops.
-                    let _ = std::thread::Builder::new()
-                        .name(format!("auth-{port}-conn"))
-                        .spawn(move || {
-                            let id = state.next_connection.fetch_add(1, Ordering::SeqCst);
-                            if let Ok(clone) = stream.try_clone() {
-                                lock(&state.connections).insert(id, clone);
-                            }
-                            let _ = serve(stream, &state);
-                            lock(&state.connections).remove(&id);
-                        });
-                }
-            })
-            .expect("auth: spawn acceptor")
+/// Answers one request as the mode says.
+fn handle(state: &State, request: &Request) -> Reply {
+    let path = request.path();
+    // Counted and recorded before answering, so whoever sees the answer sees them.
+    let counter = if path == INTROSPECT_PATH {
+        &state.counts.introspect
+    } else if path == TOKEN_PATH {
+        &state.counts.token
+    } else if path.starts_with(SESSIONS_PREFIX) {
+        &state.counts.sessions
+    } else {
+        &state.counts.other
     };
-    Acceptor { stop, thread }
-}
+    *lock(&state.last) = Some(request.clone());
+    counter.fetch_add(1, Ordering::SeqCst);
 
-/// An answer before the mode has its say.
-struct Answer {
-    status: u16,
-    content_type: &'static str,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(status: u16, body: &Value) -> Answer {
-        Answer {
-            status,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: body.to_string().into_bytes(),
-        }
+    let mode = *lock(&state.mode);
+    match mode {
+        Mode::Close => return Reply::Close,
+        Mode::Hang => return Reply::Hang,
+        _ => {}
     }
-}
-
-/// Serves requests on one connection until the peer closes it, the mode says to stop,
-/// or it idles out.
-fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
-    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(lines) = read_head(&mut reader)? else {
-            return Ok(());
-        };
-        let (request_line, header_lines) = lines
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty request head"))?;
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or_default().to_owned();
-        let target = parts.next().unwrap_or_default().to_owned();
-        let headers = parse_headers(header_lines)?;
-        let body = read_body(&mut reader, &headers, false)?;
-        let close = headers
-            .iter()
-            .any(|(n, v)| n == "connection" && v.to_ascii_lowercase().contains("close"));
-        let request = Recorded {
-            method,
-            target,
-            headers,
-            body,
-        };
-        let path = request
-            .target
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-
-        // Counted and recorded before answering, so whoever sees the answer sees them.
-        let counter = if path == INTROSPECT_PATH {
-            &state.counts.introspect
-        } else if path == TOKEN_PATH {
-            &state.counts.token
-        } else if path.starts_with(SESSIONS_PREFIX) {
-            &state.counts.sessions
-        } else {
-            &state.counts.other
-        };
-        *lock(&state.last) = Some(request.clone());
-        counter.fetch_add(1, Ordering::SeqCst);
-
-        let mode = *lock(&state.mode);
-        match mode {
-            Mode::Close => return Ok(()),
-            Mode::Hang => {
-                hang(reader.get_mut(), MAX_HANG);
-                return Ok(());
-            }
-            _ => {}
-        }
-        let delay = *lock(&state.delay);
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        let answer = match mode {
-            Mode::Status(status) => Answer {
-                status,
-                content_type: "text/plain",
-                headers: Vec::new(),
-                body: b"auth service failure\n".to_vec(),
-            },
-            Mode::Garbage => Answer {
-                status: 200,
-                content_type: "application/json",
-                headers: Vec::new(),
-                body: b"<html><body>Service temporarily unavailable</body></html>".to_vec(),
-            },
-            Mode::Huge => padded(answer(state, &request, &path), HUGE_BODY_BYTES),
-            Mode::Padded(size) => padded(answer(state, &request, &path), size),
-            _ => answer(state, &request, &path),
-        };
-        respond(&mut writer, &answer)?;
-        if close {
-            return Ok(());
-        }
+    let delay = *lock(&state.delay);
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
     }
+    let mut reply = match mode {
+        Mode::Status(status) => Answer::new(status, "text/plain", "auth service failure\n"),
+        Mode::Garbage => Answer::new(
+            200,
+            "application/json",
+            "<html><body>Service temporarily unavailable</body></html>",
+        ),
+        Mode::Huge => padded(answer(state, request, path), HUGE_BODY_BYTES),
+        Mode::Padded(size) => padded(answer(state, request, path), size),
+        _ => answer(state, request, path),
+    };
+    // Every answer, faults included, says `cache-control: no-store`.
+    reply
+        .headers
+        .insert(0, ("cache-control".into(), "no-store".into()));
+    reply.into()
 }
 
 fn padded(mut answer: Answer, size: usize) -> Answer {
@@ -556,7 +400,7 @@ fn padded(mut answer: Answer, size: usize) -> Answer {
 }
 
 /// What [`Mode::Serve`] answers.
-fn answer(state: &State, request: &Recorded, path: &str) -> Answer {
+fn answer(state: &State, request: &Request, path: &str) -> Answer {
     if path == INTROSPECT_PATH && request.method == "POST" {
         introspect(state, request)
     } else if path == TOKEN_PATH && request.method == "POST" {
@@ -564,28 +408,20 @@ fn answer(state: &State, request: &Recorded, path: &str) -> Answer {
     } else if let (Some(raw), "GET") = (path.strip_prefix(SESSIONS_PREFIX), &*request.method) {
         session(state, raw)
     } else {
-        Answer {
-            status: 404,
-            content_type: "text/plain",
-            headers: Vec::new(),
-            body: b"not found\n".to_vec(),
-        }
+        Answer::new(404, "text/plain", "not found\n")
     }
 }
 
 /// The request's client, if its Basic credentials are the configured ones.
-fn authenticated_client(state: &State, request: &Recorded) -> Option<String> {
+fn authenticated_client(state: &State, request: &Request) -> Option<String> {
     let (id, secret) = request.basic_credentials()?;
     let ok = id == *lock(&state.client_id) && secret == *lock(&state.client_secret);
     ok.then_some(id)
 }
 
 fn invalid_client() -> Answer {
-    let mut answer = Answer::json(401, &json!({"error": "invalid_client"}));
-    answer
-        .headers
-        .push(("www-authenticate".into(), "Basic realm=\"auth\"".to_owned()));
-    answer
+    Answer::json(401, &json!({"error": "invalid_client"}))
+        .with_header("www-authenticate", "Basic realm=\"auth\"")
 }
 
 fn now() -> i64 {
@@ -649,7 +485,7 @@ fn issued_claims(state: &State, claims: &Map<String, Value>) -> Map<String, Valu
 }
 
 /// RFC 7662, with RFC 9701 answers when asked for.
-fn introspect(state: &State, request: &Recorded) -> Answer {
+fn introspect(state: &State, request: &Request) -> Answer {
     let Some(client) = authenticated_client(state, request) else {
         return invalid_client();
     };
@@ -690,16 +526,15 @@ fn introspect(state: &State, request: &Recorded) -> Answer {
         "iat": now() + iat_offset,
         "token_introspection": introspection,
     });
-    Answer {
-        status: 200,
-        content_type: INTROSPECTION_JWT_MEDIA_TYPE,
-        headers: Vec::new(),
-        body: sign(state, &typ, &claims).into_bytes(),
-    }
+    Answer::new(
+        200,
+        INTROSPECTION_JWT_MEDIA_TYPE,
+        sign(state, &typ, &claims),
+    )
 }
 
 /// RFC 8693.
-fn token_exchange(state: &State, request: &Recorded) -> Answer {
+fn token_exchange(state: &State, request: &Request) -> Answer {
     if authenticated_client(state, request).is_none() {
         return invalid_client();
     }
@@ -766,66 +601,11 @@ fn session(state: &State, raw: &str) -> Answer {
         SessionAnswer::JwtBody | SessionAnswer::BearerHeader => {
             let jwt = sign(state, "JWT", &Value::Object(issued_claims(state, &claims)));
             if answer == SessionAnswer::JwtBody {
-                Answer {
-                    status: 200,
-                    content_type: "application/jwt",
-                    headers: Vec::new(),
-                    body: jwt.into_bytes(),
-                }
+                Answer::new(200, "application/jwt", jwt)
             } else {
-                Answer {
-                    status: 200,
-                    content_type: "text/plain",
-                    headers: vec![("authorization".into(), format!("Bearer {jwt}"))],
-                    body: Vec::new(),
-                }
+                Answer::new(200, "text/plain", Vec::new())
+                    .with_header("authorization", &format!("Bearer {jwt}"))
             }
-        }
-    }
-}
-
-fn respond(writer: &mut TcpStream, answer: &Answer) -> io::Result<()> {
-    let reason = match answer.status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Whatever",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
-        answer.status,
-        answer.content_type,
-        answer.body.len()
-    );
-    for (name, value) in &answer.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    writer.write_all(head.as_bytes())?;
-    // In chunks: a peer that stops reading a huge body ends it with a write error.
-    for chunk in answer.body.chunks(64 * 1024) {
-        writer.write_all(chunk)?;
-    }
-    writer.flush()
-}
-
-/// Holds the connection without answering until the peer closes it or `limit` passes.
-fn hang(stream: &mut TcpStream, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return, // the peer gave up
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return, // timed out, reset, or shut down by the server
         }
     }
 }

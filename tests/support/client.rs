@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client (and the message parsing the upstream shares): one request
-//! per connection, `connection: close`, bounded timeouts.
+//! A minimal HTTP/1.1 client (and the message parsing the test servers share): one
+//! request per connection, `connection: close`, bounded timeouts.
 
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -23,11 +23,7 @@ pub struct Response {
 impl Response {
     /// The first value of a header (name is case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 
     /// Every value of a header.
@@ -172,6 +168,23 @@ pub fn read_head<R: BufRead>(reader: &mut R) -> io::Result<Option<Vec<String>>> 
     }
 }
 
+/// The first value of a header among `headers` (lowercase names; `name` is
+/// case-insensitive).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Whether `connection` says to close the connection after this message.
+pub fn asks_to_close(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .any(|(n, v)| n == "connection" && v.to_ascii_lowercase().contains("close"))
+}
+
 /// `name: value` lines into (lowercase name, trimmed value) pairs.
 pub fn parse_headers(lines: &[String]) -> io::Result<Vec<(String, String)>> {
     lines
@@ -195,16 +208,12 @@ pub fn read_body<R: BufRead>(
     headers: &[(String, String)],
     is_response: bool,
 ) -> io::Result<Vec<u8>> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+    if header(headers, "transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
         return read_chunked(reader);
     }
-    if let Some(length) = header("content-length") {
+    if let Some(length) = header(headers, "content-length") {
         let length: usize = length.parse().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

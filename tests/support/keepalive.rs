@@ -1,7 +1,7 @@
 //! A kept-alive HTTP/1.1 connection, for sending many requests quickly. Reconnects when
 //! the server closes the connection between requests.
 
-use super::client::{read_body, read_response_head, Response, TIMEOUT};
+use super::client::{asks_to_close, read_body, read_response_head, Response, TIMEOUT};
 use std::io::{self, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 
@@ -68,10 +68,7 @@ impl Connection {
             let framed = headers
                 .iter()
                 .any(|(n, _)| n == "content-length" || n == "transfer-encoding");
-            let close = !framed
-                || headers
-                    .iter()
-                    .any(|(n, v)| n == "connection" && v.to_ascii_lowercase().contains("close"));
+            let close = !framed || asks_to_close(&headers);
             Ok((
                 Response {
                     status,

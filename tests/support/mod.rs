@@ -1,6 +1,7 @@
 //! The end-to-end harness: a loopback upstream that echoes what it received, an Envoy
 //! launcher running the built `tokengate.wasm`, a tiny HTTP/1.1 client, stats parsing,
-//! shared signing keys, and a controllable identity provider for remote key sets.
+//! shared signing keys, a controllable identity provider for remote key sets and a
+//! controllable auth service for exchanges (the servers share `server`'s machinery).
 //! Everything binds to 127.0.0.1 only, every wait is bounded.
 
 #![allow(dead_code)]
@@ -17,6 +18,7 @@ pub mod envoy;
 pub mod idp;
 pub mod keepalive;
 pub mod keys;
+pub mod server;
 pub mod upstream;
 
 pub use client::Response;
