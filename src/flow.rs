@@ -257,12 +257,18 @@ pub fn decide(
         now,
         waited,
     };
-    let decision = step.decide(caches, edits.clone());
+    // Only a dry run needs the bare edits again, should it let a refusal through.
+    let stripped = if rule.dry_run {
+        edits.clone()
+    } else {
+        Vec::new()
+    };
+    let decision = step.decide(caches, edits);
     match decision.outcome {
         // A dry run lets through what it would refuse, counted and logged, with the
         // identity headers stripped as always. A 400 or 503 is not the rule's verdict.
         Outcome::Deny(ref deny) if rule.dry_run && deny.status != 503 => Decision {
-            outcome: Outcome::Forward(edits),
+            outcome: Outcome::Forward(stripped),
             counters: vec![
                 Counter::Rule(index, RuleEvent::DryRunDenied),
                 Counter::Allowed,
