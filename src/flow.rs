@@ -257,28 +257,7 @@ pub fn decide(
         now,
         waited,
     };
-    // Only a dry run needs the bare edits again, should it let a refusal through.
-    let stripped = if rule.dry_run {
-        edits.clone()
-    } else {
-        Vec::new()
-    };
-    let decision = step.decide(caches, edits);
-    match decision.outcome {
-        // A dry run lets through what it would refuse, counted and logged, with the
-        // identity headers stripped as always. A 400 or 503 is not the rule's verdict.
-        Outcome::Deny(ref deny) if rule.dry_run && deny.status != 503 => Decision {
-            outcome: Outcome::Forward(stripped),
-            counters: vec![
-                Counter::Rule(index, RuleEvent::DryRunDenied),
-                Counter::Allowed,
-            ],
-            rule: Some(index),
-            refusal: None,
-            dry_run: decision.refusal,
-        },
-        _ => decision,
-    }
+    step.decide(caches, edits)
 }
 
 /// One request under its matched rule.
@@ -426,6 +405,9 @@ impl Step<'_> {
         mut counters: Vec<Counter>,
     ) -> Decision {
         let (config, rule, rule_index) = (self.config, self.rule, Some(self.index));
+        // A dry-run rule tries its authorization on live traffic: what it would refuse is
+        // reported, and the request goes on as allowed. Authentication is enforced.
+        let mut tried: Option<Refusal> = None;
         if let Some(authz) = &rule.authz {
             let facts = Facts {
                 request: self.request,
@@ -438,55 +420,76 @@ impl Step<'_> {
                     let refusal = Refusal::Authn(AuthnError::Missing);
                     return refuse(config, refusal, rule_index, counters);
                 }
-                counters.push(Counter::Rule(self.index, RuleEvent::Denied));
-                counters.push(Counter::Denied(Refusal::Forbidden.reason()));
-                return Decision {
-                    outcome: Outcome::Deny(Deny::insufficient_scope(
-                        &config.realm,
-                        Some(&rule.name),
-                    )),
-                    counters,
-                    rule: rule_index,
-                    refusal: Some(Refusal::Forbidden),
-                    dry_run: None,
-                };
+                if !rule.dry_run {
+                    counters.push(Counter::Rule(self.index, RuleEvent::Denied));
+                    counters.push(Counter::Denied(Refusal::Forbidden.reason()));
+                    let deny = Deny::insufficient_scope(&config.realm, Some(&rule.name));
+                    return Decision {
+                        outcome: Outcome::Deny(deny),
+                        counters,
+                        rule: rule_index,
+                        refusal: Some(Refusal::Forbidden),
+                        dry_run: None,
+                    };
+                }
+                tried = Some(Refusal::Forbidden);
             }
         }
         if let (true, Some(service)) = (rule.central, &config.authz_service) {
             let named =
                 identity.map(|i| (self.authenticator_name(i.authenticator), i.claims.as_ref()));
-            let input = central::input(service, self.request, self.path, named);
+            let hidden: Vec<&str> = config
+                .providers
+                .iter()
+                .flat_map(|p| &p.sources)
+                .chain(config.exchanges.iter().flat_map(|e| &e.sources))
+                .filter_map(|source| match source {
+                    Source::Query(name) => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let input = central::input(service, self.request, self.path, &hidden, named);
             let key = central::input_key(&input);
             match self.services.policy.ask(key, &input, !self.waited) {
                 Ask::Decided { decision, cached } => {
                     if cached {
                         counters.push(Counter::AuthzService(AuthzEvent::CacheHit));
                     }
-                    if !decision.allow {
+                    if decision.allow {
+                        counters.push(Counter::AuthzService(AuthzEvent::Allowed));
+                        edits.extend(
+                            decision
+                                .remove_headers
+                                .iter()
+                                .map(|n| HeaderEdit::Remove(n.clone())),
+                        );
+                        edits.extend(
+                            decision
+                                .upstream_headers
+                                .iter()
+                                .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
+                        );
+                        edits.extend(
+                            decision
+                                .response_headers
+                                .iter()
+                                .map(|(n, v)| HeaderEdit::AddToResponse(n.clone(), v.clone())),
+                        );
+                    } else {
                         counters.push(Counter::AuthzService(AuthzEvent::Denied));
-                        counters.push(Counter::Rule(self.index, RuleEvent::Denied));
-                        counters.push(Counter::Denied(Refusal::CentralDenied.reason()));
-                        return Decision {
-                            outcome: Outcome::Deny(Deny::central(&decision, &config.realm)),
-                            counters,
-                            rule: rule_index,
-                            refusal: Some(Refusal::CentralDenied),
-                            dry_run: None,
-                        };
+                        if !rule.dry_run {
+                            counters.push(Counter::Rule(self.index, RuleEvent::Denied));
+                            counters.push(Counter::Denied(Refusal::CentralDenied.reason()));
+                            return Decision {
+                                outcome: Outcome::Deny(Deny::central(&decision, &config.realm)),
+                                counters,
+                                rule: rule_index,
+                                refusal: Some(Refusal::CentralDenied),
+                                dry_run: None,
+                            };
+                        }
+                        tried = tried.or(Some(Refusal::CentralDenied));
                     }
-                    counters.push(Counter::AuthzService(AuthzEvent::Allowed));
-                    edits.extend(
-                        decision
-                            .remove_headers
-                            .iter()
-                            .map(|n| HeaderEdit::Remove(n.clone())),
-                    );
-                    edits.extend(
-                        decision
-                            .upstream_headers
-                            .iter()
-                            .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
-                    );
                 }
                 Ask::Pending if !self.waited => {
                     let waits = Waits {
@@ -498,19 +501,27 @@ impl Step<'_> {
                 Ask::Pending | Ask::Failed => {
                     counters.push(Counter::AuthzService(AuthzEvent::Failure));
                     if !service.allow_on_error {
-                        return refuse(config, Refusal::AuthzUnavailable, rule_index, counters);
+                        if !rule.dry_run {
+                            let refusal = Refusal::AuthzUnavailable;
+                            return refuse(config, refusal, rule_index, counters);
+                        }
+                        tried = tried.or(Some(Refusal::AuthzUnavailable));
                     }
                 }
             }
         }
-        counters.push(Counter::Rule(self.index, RuleEvent::Allowed));
+        let verdict = match tried {
+            Some(_) => RuleEvent::DryRunDenied,
+            None => RuleEvent::Allowed,
+        };
+        counters.push(Counter::Rule(self.index, verdict));
         counters.push(Counter::Allowed);
         Decision {
             outcome: Outcome::Forward(edits),
             counters,
             rule: rule_index,
             refusal: None,
-            dry_run: None,
+            dry_run: tried,
         }
     }
 
@@ -1788,7 +1799,7 @@ mod authz_tests {
     }
 
     #[test]
-    fn a_dry_run_rule_lets_through_what_it_would_refuse_and_counts_it() {
+    fn a_dry_run_rule_lets_through_what_its_authz_would_refuse_as_if_allowed() {
         let config = config("deny");
         let never = policy(Ask::Failed);
         let auth = bearer(&claims(json!({})));
@@ -1801,16 +1812,35 @@ mod authz_tests {
         );
         assert_eq!(
             decision.outcome,
-            Outcome::Forward(vec![HeaderEdit::Remove("x-user-id".into())])
+            Outcome::Forward(vec![
+                HeaderEdit::Remove("x-user-id".into()),
+                HeaderEdit::Remove("authorization".into()),
+                HeaderEdit::Set("x-user-id".into(), "alice".into()),
+            ])
         );
         assert_eq!(decision.dry_run, Some(Refusal::Forbidden));
         assert!(decision
             .counters
             .contains(&Counter::Rule(2, RuleEvent::DryRunDenied)));
-        let unauthenticated = run(&config, &never, "/trial/x", &[], false);
+    }
+
+    #[test]
+    fn a_dry_run_rule_still_enforces_authentication() {
+        let config = config("deny");
+        let never = policy(Ask::Failed);
+        assert_eq!(status(&run(&config, &never, "/trial/x", &[], false)), 401);
+        let mut expired = claims(json!({}));
+        expired["exp"] = json!(NOW - 3600);
+        let auth = bearer(&expired);
         assert_eq!(
-            unauthenticated.dry_run,
-            Some(Refusal::Authn(AuthnError::Missing))
+            status(&run(
+                &config,
+                &never,
+                "/trial/x",
+                &[("authorization", &auth)],
+                false
+            )),
+            401
         );
     }
 

@@ -58,6 +58,8 @@ pub struct HostPolicy<'a> {
     pub state: &'a VmState,
     pub context_id: u32,
     pub now_ms: u64,
+    /// The request waited for a decision.
+    pub resumed: bool,
 }
 
 impl PolicyService for HostPolicy<'_> {
@@ -66,22 +68,26 @@ impl PolicyService for HostPolicy<'_> {
         let Some(service) = &state.config.authz_service else {
             return Ask::Failed;
         };
+        // A request that waited takes the answer of the callout it waited for (not a
+        // cache hit, and a failure is final); a new request never sees a failure.
+        if self.resumed {
+            if let Some((answer, until_ms)) = state.policy.answered.borrow().get(&key) {
+                if *until_ms > self.now_ms {
+                    return match answer {
+                        Some(decision) => Ask::Decided {
+                            decision: decision.clone(),
+                            cached: false,
+                        },
+                        None => Ask::Failed,
+                    };
+                }
+            }
+        }
         if let Some(decision) = state.decisions.borrow_mut().get(&key, self.now_ms / 1000) {
             return Ask::Decided {
                 decision,
                 cached: true,
             };
-        }
-        if let Some((answer, until_ms)) = state.policy.answered.borrow().get(&key) {
-            if *until_ms > self.now_ms {
-                return match answer {
-                    Some(decision) => Ask::Decided {
-                        decision: decision.clone(),
-                        cached: false,
-                    },
-                    None => Ask::Failed,
-                };
-            }
         }
         if state.policy.asking(&key) {
             return Ask::Pending;

@@ -152,6 +152,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         state,
         context_id,
         now_ms,
+        resumed: attempt.resumed,
     };
     let services = Services {
         keyring: &keyring,
@@ -171,7 +172,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
 
 /// Applies a decision to the current (effective) HTTP context. Returns whether the
 /// request should continue upstream.
-fn apply(state: &VmState, decision: Decision) -> bool {
+fn apply(state: &VmState, context_id: u32, decision: Decision) -> bool {
     tally(state, &decision);
     if let Some(refusal) = decision.dry_run {
         // The rule is on trial: what it would refuse is logged (name and reason only).
@@ -190,6 +191,13 @@ fn apply(state: &VmState, decision: Decision) -> bool {
                     }
                     HeaderEdit::Set(name, value) => {
                         hostcalls::set_map_value(MapType::HttpRequestHeaders, &name, Some(&value))
+                    }
+                    HeaderEdit::AddToResponse(name, value) => {
+                        state
+                            .response_headers
+                            .borrow_mut()
+                            .push((context_id, name, value));
+                        Ok(())
                     }
                 };
             }
@@ -285,7 +293,7 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
         state.waiters.borrow_mut().push(again);
         return;
     }
-    if apply(state, decision) {
+    if apply(state, waiter.context_id, decision) {
         let _ = hostcalls::resume_http_request();
     }
 }
@@ -350,11 +358,27 @@ impl HttpContext for Http {
             self.state.set_tick(BUSY_TICK_MS);
             return Action::Pause;
         }
-        if apply(&self.state, decision) {
+        if apply(&self.state, self.context_id, decision) {
             Action::Continue
         } else {
             Action::Pause
         }
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        // Headers a central policy adds to the client's response on allow.
+        let mut pending = self.state.response_headers.borrow_mut();
+        if pending.iter().any(|(id, _, _)| *id == self.context_id) {
+            let context_id = self.context_id;
+            pending.retain(|(id, name, value)| {
+                if *id != context_id {
+                    return true;
+                }
+                let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+                false
+            });
+        }
+        Action::Continue
     }
 
     fn on_log(&mut self) {
@@ -365,5 +389,9 @@ impl HttpContext for Http {
             .retain(|w| w.context_id != self.context_id);
         exchanges::forget_context(&self.state, self.context_id);
         central::forget_context(&self.state, self.context_id);
+        self.state
+            .response_headers
+            .borrow_mut()
+            .retain(|(id, _, _)| *id != self.context_id);
     }
 }

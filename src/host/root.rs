@@ -45,6 +45,8 @@ pub struct VmState {
     pub decisions: RefCell<DecisionCache>,
     /// Central policy callouts this VM started, and their fresh answers.
     pub policy: PolicyCalls,
+    /// (context, name, value): headers to add to a stream's response.
+    pub response_headers: RefCell<Vec<(u32, String, String)>>,
     pub keys: RefCell<KeyStore>,
     pub waiters: RefCell<Vec<Waiter>>,
     /// The tick period last asked for, so it is changed only when it must.
@@ -158,6 +160,7 @@ impl RootContext for Root {
                     flights: Flights::default(),
                     decisions: RefCell::new(DecisionCache::new(DEFAULT_MAX_DECISIONS)),
                     policy: PolicyCalls::default(),
+                    response_headers: RefCell::new(Vec::new()),
                     keys: RefCell::new(keys),
                     waiters: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),

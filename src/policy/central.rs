@@ -66,10 +66,14 @@ impl DecisionError {
 }
 
 /// The input document, as JSON text (the cache key is its hash).
+///
+/// `hidden` names query parameters that carry tokens: they are left out of both the
+/// path and `parsed_query`, so a token in the query never reaches the policy.
 pub fn input(
     service: &AuthzService,
     request: &Request,
     path: &str,
+    hidden: &[&str],
     identity: Option<(&str, &Map<String, Value>)>,
 ) -> String {
     let mut headers = Map::new();
@@ -78,11 +82,19 @@ pub fn input(
             headers.insert(name.clone(), json!(value));
         }
     }
-    let query = request.path.split_once('?').map_or("", |(_, q)| q);
+    let (raw_path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
+    let mut shown_path = raw_path.to_owned();
     let mut parsed_query: Map<String, Value> = Map::new();
+    let mut first = true;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name).unwrap_or_else(|| name.to_owned());
+        if hidden.contains(&name.as_str()) {
+            continue;
+        }
+        shown_path.push(if first { '?' } else { '&' });
+        shown_path.push_str(pair);
+        first = false;
         let value = percent_decode(value).unwrap_or_else(|| value.to_owned());
         if let Value::Array(values) = parsed_query.entry(name).or_insert_with(|| json!([])) {
             values.push(json!(value));
@@ -96,7 +108,7 @@ pub fn input(
     json!({"input": {
         "attributes": {"request": {"http": {
             "method": request.method,
-            "path": request.path,
+            "path": shown_path,
             "host": request.host,
             "headers": headers,
         }}},
@@ -305,7 +317,13 @@ mod tests {
             ],
         };
         let claims = json!({"sub": "alice"}).as_object().unwrap().clone();
-        let text = input(&service(), &request, "/users/42", Some(("corp", &claims)));
+        let text = input(
+            &service(),
+            &request,
+            "/users/42",
+            &[],
+            Some(("corp", &claims)),
+        );
         let doc: Value = serde_json::from_str(&text).unwrap();
         let http = &doc["input"]["attributes"]["request"]["http"];
         assert_eq!(http["method"], "GET");
@@ -325,6 +343,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_in_the_query_never_reaches_the_policy() {
+        let request = Request {
+            method: "GET".into(),
+            path: "/r?page=2&access_token=secret.jwt.value&x=1".into(),
+            ..Request::default()
+        };
+        let text = input(&service(), &request, "/r", &["access_token"], None);
+        assert!(!text.contains("secret"), "{text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            doc["input"]["attributes"]["request"]["http"]["path"],
+            "/r?page=2&x=1"
+        );
+        assert_eq!(
+            doc["input"]["parsed_query"],
+            json!({"page": ["2"], "x": ["1"]})
+        );
+    }
+
+    #[test]
     fn inputs_of_two_identities_have_two_keys() {
         let request = Request {
             method: "GET".into(),
@@ -334,8 +372,8 @@ mod tests {
         let a = json!({"sub": "alice"}).as_object().unwrap().clone();
         let b = json!({"sub": "bob"}).as_object().unwrap().clone();
         assert_ne!(
-            input_key(&input(&service(), &request, "/", Some(("corp", &a)))),
-            input_key(&input(&service(), &request, "/", Some(("corp", &b))))
+            input_key(&input(&service(), &request, "/", &[], Some(("corp", &a)))),
+            input_key(&input(&service(), &request, "/", &[], Some(("corp", &b))))
         );
     }
 

@@ -74,6 +74,9 @@ impl Reads {
 pub enum HeaderEdit {
     Remove(String),
     Set(String, String),
+    /// A header for the response to the client (a central policy's
+    /// `response_headers_to_add` on allow), added when the response passes.
+    AddToResponse(String, String),
 }
 
 /// A configured token source.
