@@ -16,11 +16,14 @@
 #   tokengate.json                   the filter's configuration: the keys come from the
 #                                    demo IdP by OIDC discovery (cluster demo_idp); opaque
 #                                    tokens and sessions are exchanged at the same IdP
-#                                    (cluster auth)
+#                                    (cluster auth); rules with local authorization, and
+#                                    central decisions from the demo policy service
+#                                    (envoy/demo/policy.py, cluster opa)
 #   envoy.yaml                       envoy/demo/envoy.yaml.tmpl with the placeholders filled
 #
 # Environment (all optional):
-#   LISTEN_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8000), IDP_PORT (9000)
+#   LISTEN_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (8000), IDP_PORT (9000),
+#   POLICY_PORT (8181)
 #   TOKENGATE_CLI   the CLI binary      (default: target/release/tokengate)
 #   TOKENGATE_WASM  the filter          (default: dist/tokengate.wasm)
 
@@ -44,6 +47,8 @@ DEMO_EXCHANGE_CACHE_SECS=5
 DEMO_MINT_KID="demo-gateway"
 DEMO_MINT_ISSUER="https://gateway.internal"
 DEMO_MINT_JWKS_PATH="/.well-known/tokengate/jwks.json"
+# The demo policy service (envoy/demo/policy.py): OPA's data API, document demo/authz.
+DEMO_POLICY_PATH="/v1/data/demo/authz"
 
 demo_cli() { echo "${TOKENGATE_CLI:-$DEMO_ROOT/target/release/tokengate}"; }
 
@@ -89,15 +94,26 @@ demo_keys() {
 # The JWTs go upstream in authorization: Bearer (each exchange's "upstream").
 # /api/ (the catch-all rule) takes a JWT (provider demo) or an opaque token (exchange
 # opaque): a token that looks like a JWT goes to the provider, any other to the exchange.
+#
+# Authorization (README "Authorization"), before the catch-all rule:
+#
+#   rule     match                        authorization
+#   admin    /admin...                    local: scope contains admin
+#   orders   /users/{id}/orders           local: path parameter id equals claim sub
+#   beta     /beta/...                    local: scope contains beta, dry run (counted,
+#                                         never refused)
+#   reports  /reports/...                 hybrid: local scope contains read, then central:
+#                                         the demo policy service (authz_service, cluster opa)
 demo_config() {
     local dir="$1" issuer
     issuer="$(demo_issuer_for "${IDP_PORT:-9000}")"
     python3 - "$dir/jwks.json" "$dir/tokengate.json" "$issuer" "$DEMO_AUDIENCE" \
         "$DEMO_CLIENT_ID" "$DEMO_CLIENT_SECRET" "$DEMO_EXCHANGE_CACHE_SECS" \
-        "$dir/gateway/$DEMO_MINT_KID.jwk" "$DEMO_MINT_ISSUER" "$DEMO_MINT_JWKS_PATH" <<'PY'
+        "$dir/gateway/$DEMO_MINT_KID.jwk" "$DEMO_MINT_ISSUER" "$DEMO_MINT_JWKS_PATH" \
+        "http://127.0.0.1:${POLICY_PORT:-8181}$DEMO_POLICY_PATH" <<'PY'
 import json, os, sys
 (jwks_path, out_path, issuer, audience, client_id, client_secret, cache_secs, mint_key_path,
- mint_issuer, mint_jwks_path) = sys.argv[1:11]
+ mint_issuer, mint_jwks_path, policy_uri) = sys.argv[1:12]
 with open(jwks_path) as f:
     json.load(f)  # the IdP serves this file: it must be a JSON document
 with open(mint_key_path) as f:
@@ -178,8 +194,32 @@ config = {
         rule("exchanged", "/exchanged/", "sts"),
         rule("internal", "/internal/", "minted"),
         rule("app", "/app/", "session"),
+        # Decentralized authorization: local rules, decided in this sidecar.
+        {"name": "admin", "match": {"path": {"prefix": "/admin"}}, "authn": {"any": ["demo"]},
+         "authz": {"claim": "scope", "contains": "admin"}},
+        # Ownership: /users/<id>/orders only for the user whose sub is <id>.
+        {"name": "orders", "match": {"path": {"template": "/users/{id}/orders"}},
+         "authn": {"any": ["demo"]},
+         "authz": {"path_param": "id", "equals_claim": "sub"}},
+        # A policy being tried out: decided, logged and counted, never enforced.
+        {"name": "beta", "match": {"path": {"prefix": "/beta/"}}, "authn": {"any": ["demo"]},
+         "authz": {"claim": "scope", "contains": "beta"}, "dry_run": True},
+        # Hybrid: a cheap local check first, then the central policy service.
+        {"name": "reports", "match": {"path": {"prefix": "/reports/"}},
+         "authn": {"any": ["demo", "opaque"]},
+         "authz": {"claim": "scope", "contains": "read"}, "central": True},
         {"name": "default", "match": {}, "authn": {"any": ["demo", "opaque"]}},
     ],
+    # Centralized authorization: OPA's data API (here envoy/demo/policy.py) through the
+    # Envoy cluster opa. Only x-tenant of the request's headers reaches the policy.
+    "authz_service": {
+        "uri": policy_uri,
+        "cluster": "opa",
+        "timeout_ms": 500,
+        "cache_secs": 5,
+        "on_error": "deny",
+        "include_headers": ["x-tenant"],
+    },
 }
 # It holds the gateway's private minting key and client secret: readable by its owner only.
 with open(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -194,12 +234,13 @@ demo_envoy_yaml() {
     local dir="$1"
     python3 - "$DEMO_DIR/envoy.yaml.tmpl" "$dir/envoy.yaml" "$dir/tokengate.json" \
         "${TOKENGATE_WASM:-$DEMO_ROOT/dist/tokengate.wasm}" "$dir/access.log" \
-        "${LISTEN_PORT:-8080}" "${ADMIN_PORT:-9901}" "${UPSTREAM_PORT:-8000}" "${IDP_PORT:-9000}" <<'PY'
+        "${LISTEN_PORT:-8080}" "${ADMIN_PORT:-9901}" "${UPSTREAM_PORT:-8000}" "${IDP_PORT:-9000}" \
+        "${POLICY_PORT:-8181}" <<'PY'
 import json, os, re, sys
-tmpl, out, config_path, wasm, access_log, listen, admin, upstream, idp = sys.argv[1:10]
+tmpl, out, config_path, wasm, access_log, listen, admin, upstream, idp, policy = sys.argv[1:11]
 values = {}
 for name, port in (("LISTEN_PORT", listen), ("ADMIN_PORT", admin), ("UPSTREAM_PORT", upstream),
-                   ("IDP_PORT", idp)):
+                   ("IDP_PORT", idp), ("POLICY_PORT", policy)):
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         sys.exit(f"render.sh: {name}={port!r} is not a port number")
     values[name] = str(int(port))

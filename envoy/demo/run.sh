@@ -4,7 +4,10 @@
 # small demo identity provider (envoy/demo/idp.py) by OIDC discovery, through the Envoy
 # cluster demo_idp. The same IdP issues opaque tokens and sessions, which the filter's
 # exchanges introspect, exchange for JWTs or look up (cluster auth): the gateway-centric and
-# session patterns, revocation included. Everything listens on 127.0.0.1.
+# session patterns, revocation included. Rules authorize locally (scope, ownership by path
+# template, a dry run) and centrally: a small demo policy service (envoy/demo/policy.py,
+# OPA's data API, cluster opa) decides for rules with "central": true. Everything listens
+# on 127.0.0.1.
 #
 #   make run                        build, then run this script
 #   envoy/demo/run.sh               the same, once dist/tokengate.wasm and the CLI exist
@@ -15,6 +18,8 @@
 #   LISTEN_PORT (8080)  Envoy listener        ADMIN_PORT (9901)  Envoy admin
 #   UPSTREAM_PORT (8000) echo service         IDP_PORT (9000)    demo IdP (the issuer is
 #                                             http://127.0.0.1:$IDP_PORT/demo)
+#   POLICY_PORT (8181)  demo policy service; with DEMO_SMOKE=1 and POLICY_PORT unset, a
+#                       free port
 #   RUN_DIR (.run)      keys, configs, logs
 #   ENVOY      command prefix for Envoy, word-split ("func-e run" works);
 #              default .venv/bin/envoy
@@ -24,7 +29,7 @@
 # Files in RUN_DIR: demo-rs256.jwk, demo-eddsa.jwk (private dev keys, kept between runs),
 # jwks.json (served by the IdP, re-read on every request: rewrite it to rotate keys),
 # gateway/demo-gateway.jwk (the key the filter mints its own JWTs with), tokengate.json,
-# envoy.yaml, tokens.env, envoy.log, envoy.out, access.log, echo.log, idp.log.
+# envoy.yaml, tokens.env, envoy.log, envoy.out, access.log, echo.log, idp.log, policy.log.
 set -euo pipefail
 
 DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,13 +42,31 @@ LISTEN_PORT="${LISTEN_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-8000}"
 IDP_PORT="${IDP_PORT:-9000}"
+POLICY_PORT="${POLICY_PORT:-}"
 RUN_DIR="${RUN_DIR:-$ROOT/.run}"
 ENVOY="${ENVOY:-$ROOT/.venv/bin/envoy}"
 TOKENGATE_CLI="${TOKENGATE_CLI:-$ROOT/target/release/tokengate}"
 TOKENGATE_WASM="${TOKENGATE_WASM:-$ROOT/dist/tokengate.wasm}"
 READY_TIMEOUT="${READY_TIMEOUT:-30}"
 DEMO_SMOKE="${DEMO_SMOKE:-0}"
-export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT TOKENGATE_CLI TOKENGATE_WASM
+if [[ -z $POLICY_PORT && $DEMO_SMOKE == 1 ]]; then
+    # The smoke check (envoy/validate.sh) picks the other four ports: a free fifth one.
+    POLICY_PORT="$(python3 - "$LISTEN_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$IDP_PORT" <<'PY'
+import socket, sys
+taken = set(sys.argv[1:])
+for _ in range(20):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = str(s.getsockname()[1])
+    s.close()
+    if port not in taken:
+        print(port)
+        break
+PY
+)"
+fi
+POLICY_PORT="${POLICY_PORT:-8181}"
+export LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT POLICY_PORT TOKENGATE_CLI TOKENGATE_WASM
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 say() { echo "run.sh: $*" >&2; }
@@ -58,13 +81,13 @@ read -r -a ENVOY_CMD <<<"$ENVOY"
 [[ ${#ENVOY_CMD[@]} -gt 0 ]] && command -v "${ENVOY_CMD[0]}" >/dev/null \
     || die "Envoy not found (ENVOY='$ENVOY'): run 'make envoy', or set ENVOY"
 
-PORT_NAMES="LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT"
+PORT_NAMES="LISTEN_PORT ADMIN_PORT UPSTREAM_PORT IDP_PORT POLICY_PORT"
 for name in $PORT_NAMES; do
     [[ "${!name}" =~ ^[0-9]+$ ]] && ((${!name} > 0 && ${!name} < 65536)) \
         || die "$name=${!name} is not a port number"
 done
-if [[ $(printf '%d\n' "$LISTEN_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$IDP_PORT" | sort -u | wc -l) != 4 ]]; then
-    die "LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT and IDP_PORT must differ ($LISTEN_PORT, $ADMIN_PORT, $UPSTREAM_PORT, $IDP_PORT)"
+if [[ $(printf '%d\n' "$LISTEN_PORT" "$ADMIN_PORT" "$UPSTREAM_PORT" "$IDP_PORT" "$POLICY_PORT" | sort -u | wc -l) != 5 ]]; then
+    die "LISTEN_PORT, ADMIN_PORT, UPSTREAM_PORT, IDP_PORT and POLICY_PORT must differ ($LISTEN_PORT, $ADMIN_PORT, $UPSTREAM_PORT, $IDP_PORT, $POLICY_PORT)"
 fi
 # The issuer is the demo IdP's: tokens, tokengate.json and the discovery document agree.
 DEMO_ISSUER="$(demo_issuer_for "$IDP_PORT")"
@@ -125,7 +148,7 @@ cleanup() {
         fi
         wait "$pid" 2>/dev/null || true
     done
-    [[ ${#PIDS[@]} -gt 0 && $DEMO_SMOKE != 1 ]] && say "stopped Envoy, the echo service and the demo IdP"
+    [[ ${#PIDS[@]} -gt 0 && $DEMO_SMOKE != 1 ]] && say "stopped Envoy, the echo service, the demo IdP and the demo policy service"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -135,13 +158,13 @@ trap 'exit 143' TERM
 # show_logs — the end of every log, after a failure.
 show_logs() {
     local f shown=0
-    for f in envoy.out envoy.log echo.log idp.log; do
+    for f in envoy.out envoy.log echo.log idp.log policy.log; do
         [[ -s "$RUN_DIR/$f" ]] || continue
         echo "---- $RUN_DIR/$f (last 20 lines)" >&2
         tail -n 20 "$RUN_DIR/$f" >&2
         shown=1
     done
-    [[ $shown == 1 ]] || echo "---- (Envoy, echo.py and idp.py wrote no log output to $RUN_DIR)" >&2
+    [[ $shown == 1 ]] || echo "---- (Envoy, echo.py, idp.py and policy.py wrote no log output to $RUN_DIR)" >&2
 }
 
 # --- keys, configuration ---------------------------------------------------------------
@@ -171,10 +194,22 @@ until [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$IDP/stats" 2>/
     sleep 0.2
 done
 
+# The central policy service (OPA's data API with one fixed policy), asked through the
+# Envoy cluster opa by rules with "central": true.
+start_bg "$RUN_DIR/policy.log" python3 "$DEMO_DIR/policy.py" --port "$POLICY_PORT"
+POLICY_PID=$LAST_PID
+POLICY="http://127.0.0.1:$POLICY_PORT"
+until [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$POLICY/health" 2>/dev/null)" == 200 ]]; do
+    alive "$POLICY_PID" || { show_logs; die "policy.py exited during startup (logs above)"; }
+    ((SECONDS < deadline)) || { show_logs; die "policy.py not answering after ${READY_TIMEOUT}s (logs above)"; }
+    sleep 0.2
+done
+
 # --disable-hot-restart: otherwise a second Envoy on this machine (another demo, the e2e
-# tests) fails with "unable to bind domain socket with base_id=0".
+# tests) fails with "unable to bind domain socket with base_id=0". The filter's own log
+# at info (wasm:info): its start, key fetches, and what a dry-run rule would refuse.
 start_bg "$RUN_DIR/envoy.out" "${ENVOY_CMD[@]}" -c "$RUN_DIR/envoy.yaml" --concurrency 2 \
-    -l warning --log-path "$RUN_DIR/envoy.log" --disable-hot-restart
+    -l warning --component-log-level wasm:info --log-path "$RUN_DIR/envoy.log" --disable-hot-restart
 ENVOY_PID=$LAST_PID
 
 BASE="http://127.0.0.1:$LISTEN_PORT"
@@ -184,6 +219,7 @@ until [[ "$(curl -s --max-time 2 "$ADMIN/ready" 2>/dev/null)" == LIVE* ]]; do
     alive "$ENVOY_PID" || { show_logs; die "Envoy exited during startup (logs above)"; }
     alive "$ECHO_PID" || { show_logs; die "echo.py exited during startup (logs above)"; }
     alive "$IDP_PID" || { show_logs; die "idp.py exited during startup (logs above)"; }
+    alive "$POLICY_PID" || { show_logs; die "policy.py exited during startup (logs above)"; }
     ((SECONDS < deadline)) || { show_logs; die "Envoy not ready after ${READY_TIMEOUT}s (logs above)"; }
     sleep 0.2
 done
@@ -199,6 +235,8 @@ VALID="$(mint --key "$RUN_DIR/demo-rs256.jwk" --sub demo-user --exp-in 1h \
     --claim 'scope=read write' --claim 'realm_access.roles=["user","admin"]')"
 EXPIRED="$(mint --key "$RUN_DIR/demo-rs256.jwk" --sub demo-user --exp-in -1h --claim 'scope=read write')"
 EDDSA="$(mint --key "$RUN_DIR/demo-eddsa.jwk" --sub demo-eddsa-user --exp-in 1h --claim 'scope=read')"
+# An administrator: scope admin (and not read).
+ADMIN_TOKEN="$(mint --key "$RUN_DIR/demo-rs256.jwk" --sub demo-admin --exp-in 1h --claim 'scope=admin')"
 # A forgery: right issuer, audience and kid, signed with a key that is not in the JWKS.
 ROGUE_DIR="$RUN_DIR/rogue"
 [[ -f "$ROGUE_DIR/demo-rs256.jwk" ]] \
@@ -218,8 +256,8 @@ SESSION="$(idp_issue /sessions session -d sub=demo-session-user -d scope=read)" 
     || { show_logs; die "the demo IdP did not start a session"; }
 (
     umask 077
-    printf 'VALID=%s\nEXPIRED=%s\nEDDSA=%s\nFORGED=%s\nOPAQUE=%s\nSESSION=%s\n' \
-        "$VALID" "$EXPIRED" "$EDDSA" "$FORGED" "$OPAQUE" "$SESSION" >"$RUN_DIR/tokens.env"
+    printf 'VALID=%s\nEXPIRED=%s\nEDDSA=%s\nADMIN_TOKEN=%s\nFORGED=%s\nOPAQUE=%s\nSESSION=%s\n' \
+        "$VALID" "$EXPIRED" "$EDDSA" "$ADMIN_TOKEN" "$FORGED" "$OPAQUE" "$SESSION" >"$RUN_DIR/tokens.env"
 )
 
 # --- example requests (printed for the user; run as checks with DEMO_SMOKE=1) ----------
@@ -301,6 +339,48 @@ example "an unknown session: 401 invalid_token (the IdP answers 404)" 401 \
     "--cookie 'session=no-such-session' $BASE/app/profile" \
     "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
 
+# Authorization (see render.sh for the rules): local rules decide in the filter; /reports/
+# checks a scope locally, then asks the demo policy service (hybrid).
+INSUFFICIENT_SCOPE="'error=\"insufficient_scope\"' in headers.get('www-authenticate', '') and body['error'] == 'insufficient_scope'"
+example "scope rule (admin: scope must contain admin) with a token of scope 'read write': 403 insufficient_scope, naming the rule" 403 \
+    "-H \"Authorization: Bearer \$VALID\" $BASE/admin/users" \
+    "$INSUFFICIENT_SCOPE and body['error_description'] == 'rule admin denies this request'"
+example "the same route with a token of scope 'admin': 200" 200 \
+    "-H \"Authorization: Bearer \$ADMIN_TOKEN\" $BASE/admin/users" \
+    "body['identity']['x-user-id'] == 'demo-admin' and body['identity']['x-user-scope'] == 'admin'"
+example "ownership (orders: template /users/{id}/orders, id must equal sub): your own orders, 200" 200 \
+    "-H \"Authorization: Bearer \$VALID\" $BASE/users/demo-user/orders" \
+    "body['identity']['x-user-id'] == 'demo-user' and body['path'] == '/users/demo-user/orders'"
+example "ownership: someone else's orders, 403 insufficient_scope" 403 \
+    "-H \"Authorization: Bearer \$VALID\" $BASE/users/demo-admin/orders" \
+    "$INSUFFICIENT_SCOPE"
+example "dry run (beta: scope must contain beta, which this token lacks): 200 all the same, logged and counted as tokengate.rule.beta.dry_run_denied" 200 \
+    "-H \"Authorization: Bearer \$VALID\" $BASE/beta/features" \
+    "body['path'] == '/beta/features'"
+example "central allow (reports: scope read locally, then the policy service): 200, the upstream sees the policy's x-policy header" 200 \
+    "-H \"Authorization: Bearer \$VALID\" -H 'x-tenant: acme' $BASE/reports/q3" \
+    "body['headers'].get('x-policy', '').startswith('demo/authz: allow') and body['identity']['x-user-id'] == 'demo-user'"
+example "what the policy service was asked: the OPA-Envoy input plus the verified identity; of the headers only x-tenant (include_headers), never the token" 200 \
+    "$POLICY/v1/last" \
+    "body['input']['attributes']['request']['http']['method'] == 'GET' and body['input']['attributes']['request']['http']['path'] == '/reports/q3' and body['input']['parsed_path'] == ['reports', 'q3'] and body['input']['attributes']['request']['http']['headers'] == {'x-tenant': 'acme'} and body['input']['identity']['provider'] == 'demo' and body['input']['identity']['claims']['sub'] == 'demo-user'"
+example "the same request twice on one connection (so one Envoy worker): the second decision comes from the filter's cache (authz_service.cache_secs 5), no callout" 200200 \
+    "-H \"Authorization: Bearer \$VALID\" -H 'x-tenant: acme' -o /dev/null $BASE/reports/q3 $BASE/reports/q3" \
+    "body['headers'].get('x-policy', '').startswith('demo/authz: allow')"
+example "central deny (the policy never allows DELETE): 403 insufficient_scope, the policy's x-policy header goes to the client" 403 \
+    "-X DELETE -H \"Authorization: Bearer \$VALID\" $BASE/reports/q3" \
+    "$INSUFFICIENT_SCOPE and headers.get('x-policy', '').startswith('demo/authz: deny')"
+example "hybrid: a token without scope read is refused by the local check, 403; the policy service is not asked" 403 \
+    "-H \"Authorization: Bearer \$ADMIN_TOKEN\" $BASE/reports/q3" \
+    "$INSUFFICIENT_SCOPE and body['error_description'] == 'rule reports denies this request' and 'x-policy' not in headers"
+# Paths: Envoy's normalize_path, merge_slashes and path_with_escaped_slashes_action (above)
+# take care of most tricks; what they leave, the filter refuses before any rule runs.
+example "a broken percent-escape, which Envoy passes on: 400 from the filter, before any rule" 400 \
+    "$BASE/healthz/%zz" \
+    "body['error'] == 'invalid_request' and body['error_description'] == 'path holds a broken percent-escape'"
+example "/healthz/%2E%2E;/api/orders: Envoy decodes %2E but leaves the '..;' segment (a servlet container's '..'): 400 from the filter" 400 \
+    "--path-as-is '$BASE/healthz/%2E%2E;/api/orders'" \
+    "body['error'] == 'invalid_request' and body['error_description'] == 'path holds a dot-segment'"
+
 # Revocation: the IdP forgets the token and the session; cached answers last at most
 # cache.max_secs, then the filter asks again and refuses.
 example "revoke the opaque token at the IdP (RFC 7009)" 200 \
@@ -340,15 +420,24 @@ tokengate demo is running (Ctrl-C stops it)
             /exchanged/ opaque token, token exchange (RFC 8693)
             /internal/  opaque token, introspection + a JWT the gateway signs
             /app/       session cookie, looked up at $IDP/sessions/{id}
+  authz     local rules in the filter, and a central policy service (Envoy cluster opa):
+            /admin      scope must contain admin                       (rule admin)
+            /users/{id}/orders   id must equal the token's sub         (rule orders)
+            /beta/      scope must contain beta, dry run: never refused (rule beta)
+            /reports/   scope must contain read, then the policy service decides (rule reports)
+  policy    $POLICY$DEMO_POLICY_PATH   envoy/demo/policy.py, OPA's data API:
+            GET/HEAD for any subject, POST/PUT/PATCH with scope write, never DELETE
   files     $(shown "$RUN_DIR")   (keys, tokengate.json, envoy.yaml, envoy.log, access.log)
 
-Tokens (RS256 and EdDSA valid for 1 hour; iss $DEMO_ISSUER, aud $DEMO_AUDIENCE),
-an opaque access token and a session id from the demo IdP (1 hour; revoked below).
+Tokens (RS256 and EdDSA valid for 1 hour; iss $DEMO_ISSUER, aud $DEMO_AUDIENCE;
+VALID has scope 'read write', ADMIN_TOKEN scope 'admin'), an opaque access token and a
+session id from the demo IdP (1 hour; revoked below).
 Paste these lines into your shell, or run: source $(shown "$RUN_DIR")/tokens.env
 
 VALID='$VALID'
 EXPIRED='$EXPIRED'
 EDDSA='$EDDSA'
+ADMIN_TOKEN='$ADMIN_TOKEN'
 FORGED='$FORGED'
 OPAQUE='$OPAQUE'
 SESSION='$SESSION'
@@ -365,8 +454,18 @@ EOF
     cat <<EOF
 
 # tokengate's counters (allowed, denied by reason, key fetches: jwks.fetch.success ...,
-# exchanges: exchange.<name>.hit, .miss, .negative_hit, .inactive, .callout_failure)
+# exchanges: exchange.<name>.hit, .miss, .negative_hit, .inactive, .callout_failure;
+# rules: rule.<name>.allowed, .denied, .dry_run_denied; authz_service.allowed, .denied,
+# .cache_hit, .failure)
 curl -s '$ADMIN/stats?filter=tokengate'
+# what the dry-run rule would have refused (rule name and reason, never the token)
+grep 'dry run' $(shown "$RUN_DIR")/envoy.log
+
+# the demo policy service: the last input tokengate sent, how many decisions, and a
+# decision asked by hand (the same call tokengate makes)
+curl -s $POLICY/v1/last
+curl -s $POLICY/v1/stats
+curl -s -d '{"input": {"attributes": {"request": {"http": {"method": "DELETE", "path": "/reports/q3"}}}, "identity": {"provider": "demo", "claims": {"sub": "alice"}}}}' $POLICY$DEMO_POLICY_PATH
 
 # the demo IdP: the discovery document tokengate reads, the keys, and how often each was fetched
 curl -s $IDP/.well-known/openid-configuration
@@ -374,7 +473,7 @@ curl -s $IDP/jwks.json
 curl -s $IDP/stats
 
 # more tokens: a JWT, an opaque token, a session (the IdP's are revoked with $IDP/revoke)
-$(shown "$TOKENGATE_CLI") token --key $(shown "$RUN_DIR")/demo-rs256.jwk --iss $DEMO_ISSUER --aud $DEMO_AUDIENCE --sub alice --claim scope=admin
+$(shown "$TOKENGATE_CLI") token --key $(shown "$RUN_DIR")/demo-rs256.jwk --iss $DEMO_ISSUER --aud $DEMO_AUDIENCE --sub alice --claim 'scope=read beta admin'
 OPAQUE=\$(curl -s -d sub=alice -d 'scope=read write' $IDP/opaque | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 SESSION=\$(curl -s -d sub=alice -d scope=read $IDP/sessions | python3 -c 'import json,sys; print(json.load(sys.stdin)["session"])')
 
@@ -514,12 +613,60 @@ PY
         echo "FAIL  exchange counters: $problem"
         failed=1
     fi
+    # Authorization: per-rule counters, the central service's counters and its own count
+    # of decisions. Three allowed GETs of one input, the last two on one connection: at
+    # most two callouts (one per Envoy worker), the pair's second always from the cache.
+    # The DELETE was asked once; the hybrid rule's local denial never.
+    problem="$(python3 - "$ADMIN/stats?filter=tokengate\." "$POLICY/v1/stats" "$RUN_DIR/envoy.log" <<'PY'
+import json, sys, urllib.request
+admin_url, policy_url, envoy_log = sys.argv[1:4]
+try:
+    with urllib.request.urlopen(admin_url, timeout=5) as r:
+        text = r.read().decode()
+    with urllib.request.urlopen(policy_url, timeout=5) as r:
+        policy = json.load(r)["decisions"]
+    with open(envoy_log, errors="replace") as f:
+        log = f.read()
+except Exception as e:
+    print(f"could not read the counters: {e}")
+    sys.exit()
+stats = {}
+for line in text.splitlines():
+    name, sep, value = line.partition(": ")
+    if sep and value.strip().isdigit():
+        stats[name.strip().removeprefix("wasmcustom.tokengate.")] = int(value)
+checks = [
+    ("rule.admin.denied", lambda n: n >= 1), ("rule.admin.allowed", lambda n: n >= 1),
+    ("rule.orders.denied", lambda n: n >= 1), ("rule.orders.allowed", lambda n: n >= 1),
+    ("rule.beta.dry_run_denied", lambda n: n >= 1), ("rule.beta.denied", lambda n: n == 0),
+    ("rule.reports.allowed", lambda n: n == 3), ("rule.reports.denied", lambda n: n == 2),
+    ("authz_service.allowed", lambda n: n == 3), ("authz_service.denied", lambda n: n == 1),
+    ("authz_service.cache_hit", lambda n: n >= 1), ("authz_service.failure", lambda n: n == 0),
+    ("denied.forbidden", lambda n: n >= 3), ("denied.central_denied", lambda n: n == 1),
+    ("denied.bad_path", lambda n: n == 2),
+]
+problems = [f"tokengate.{name} is {stats.get(name, 0)}" for name, ok in checks
+            if not ok(stats.get(name, 0))]
+if not 1 <= policy.get("allow", 0) <= 2 or policy.get("deny", 0) != 1:
+    problems.append(f"the policy service decided {policy}, expected 1 or 2 allows and 1 deny")
+if "dry run: rule=beta would refuse, reason=forbidden" not in log:
+    problems.append("no 'dry run: rule=beta would refuse' line in envoy.log")
+if problems:
+    print("; ".join(problems) + f" (Envoy: {stats})")
+PY
+)" || problem="the check could not run: $problem"
+    if [[ -z $problem ]]; then
+        echo "PASS  authorization counters: per rule, dry run (and its log line), central allows, a cache hit, one central deny, path refusals"
+    else
+        echo "FAIL  authorization counters: $problem"
+        failed=1
+    fi
     rm -rf "$tmp"
     return "$failed"
 }
 
 if [[ $DEMO_SMOKE == 1 ]]; then
-    echo "demo smoke: Envoy on 127.0.0.1:$LISTEN_PORT, admin $ADMIN_PORT, upstream $UPSTREAM_PORT, IdP $IDP_PORT"
+    echo "demo smoke: Envoy on 127.0.0.1:$LISTEN_PORT, admin $ADMIN_PORT, upstream $UPSTREAM_PORT, IdP $IDP_PORT, policy $POLICY_PORT"
     if run_examples; then
         echo "demo smoke: PASS"
         exit 0
@@ -531,7 +678,7 @@ fi
 
 print_examples
 # Wait until Ctrl-C (the trap stops every process), or until one of them dies.
-while alive "$ENVOY_PID" && alive "$ECHO_PID" && alive "$IDP_PID"; do
+while alive "$ENVOY_PID" && alive "$ECHO_PID" && alive "$IDP_PID" && alive "$POLICY_PID"; do
     sleep 1 &
     wait $! || true
 done
@@ -540,5 +687,7 @@ if ! alive "$ENVOY_PID"; then
     die "Envoy exited unexpectedly (logs above)"
 elif ! alive "$ECHO_PID"; then
     die "echo.py exited unexpectedly (logs above)"
+elif ! alive "$POLICY_PID"; then
+    die "policy.py exited unexpectedly (logs above)"
 fi
 die "idp.py exited unexpectedly (logs above)"
