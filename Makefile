@@ -58,8 +58,9 @@ deps:
 run: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/demo/run.sh
 
+# Unit tests, and the CLI binary run as users run it (tests/cli.rs: no Envoy needed).
 unit:
-	$(CARGO) test --lib --bins
+	$(CARGO) test --lib --bins --test cli
 
 validate: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/validate.sh

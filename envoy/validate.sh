@@ -11,11 +11,15 @@
 #      `value:`); envoy/envoy.yaml must embed exactly envoy/tokengate.json.
 #   3. The demo configuration, rendered by envoy/demo/render.sh into a temporary directory,
 #      through both checks.
-#   4. The demo itself: DEMO_SMOKE=1 envoy/demo/run.sh on free ports (Envoy, echo service
+#   4. The JSON Schema: deploy/tokengate.schema.json must be exactly `tokengate schema`'s
+#      output (the schema is generated from the configuration reader's field tables), and
+#      every document of steps 2 and 3 must be valid under it — with python3's jsonschema
+#      module when it is installed (a 2020-12 validator); skipped, and said so, otherwise.
+#   5. The demo itself: DEMO_SMOKE=1 envoy/demo/run.sh on free ports (Envoy, echo service
 #      and demo IdP; the filter fetches its keys from the IdP by OIDC discovery).
 #
 # tests/ is left out of the scan: its fixtures may be invalid on purpose, and the e2e tests
-# validate their own configurations. Set SKIP_SMOKE=1 to skip step 4.
+# validate their own configurations. Set SKIP_SMOKE=1 to skip step 5.
 #
 # Environment: ENVOY (command prefix, default .venv/bin/envoy), TOKENGATE_CLI,
 # TOKENGATE_WASM (defaults target/release/tokengate, dist/tokengate.wasm).
@@ -67,11 +71,17 @@ envoy_validate() {
     fi
 }
 
-# tokengate_check FILE [LABEL]
+# tokengate_check FILE [LABEL] — also notes the document for the schema check (step 4),
+# and shows `check`'s warnings (rules that can never match or never pass).
+checked_docs=()
+checked_labels=()
 tokengate_check() {
     local file="$1" label="${2:-$1}"
+    checked_docs+=("$file")
+    checked_labels+=("$label")
     if "$TOKENGATE_CLI" check "$file" >"$TMP/out" 2>&1; then
         pass "tokengate check $label"
+        grep '^warning: ' "$TMP/out" | sed 's/^/      /' || true
     else
         fail "tokengate check $label" "$TMP/out"
     fi
@@ -217,7 +227,50 @@ else
     fail "envoy/demo/render.sh" "$TMP/out"
 fi
 
-# --- 4: the demo, end to end -----------------------------------------------------------
+# --- 4: the JSON Schema ----------------------------------------------------------------
+SCHEMA=deploy/tokengate.schema.json
+if ! "$TOKENGATE_CLI" schema >"$TMP/schema.json" 2>"$TMP/out"; then
+    fail "tokengate schema" "$TMP/out"
+elif cmp -s "$TMP/schema.json" "$SCHEMA"; then
+    pass "$SCHEMA is the output of tokengate schema"
+else
+    diff -u "$SCHEMA" "$TMP/schema.json" >"$TMP/out" || true
+    fail "$SCHEMA differs from tokengate schema; to fix: target/release/tokengate schema > $SCHEMA" "$TMP/out"
+fi
+if ! python3 -c 'import jsonschema' 2>/dev/null; then
+    echo "skip  documents against $SCHEMA (no python3 jsonschema module: apt-get install python3-jsonschema)"
+elif [[ ${#checked_docs[@]} -gt 0 ]]; then
+    # One line per document: "ok" or the first error, with the path inside the document.
+    python3 - "$TMP/schema.json" "${checked_docs[@]}" >"$TMP/schema.out" 2>&1 <<'PY' || true
+import json, sys
+import jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+validator = jsonschema.Draft202012Validator(schema)
+for path in sys.argv[2:]:
+    errors = sorted(validator.iter_errors(json.load(open(path))), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = ".".join(str(p) for p in errors[0].absolute_path) or "(document)"
+        print(f"FAIL {where}: {errors[0].message[:300]}")
+    else:
+        print("ok")
+PY
+    mapfile -t results <"$TMP/schema.out"
+    if [[ ${#results[@]} -ne ${#checked_docs[@]} ]]; then
+        fail "schema validation (python3 jsonschema)" "$TMP/schema.out"
+    else
+        for i in "${!checked_docs[@]}"; do
+            if [[ ${results[$i]} == ok ]]; then
+                pass "valid under $SCHEMA: ${checked_labels[$i]}"
+            else
+                echo "${results[$i]}" >"$TMP/out"
+                fail "valid under $SCHEMA: ${checked_labels[$i]}" "$TMP/out"
+            fi
+        done
+    fi
+fi
+
+# --- 5: the demo, end to end -----------------------------------------------------------
 if [[ ${SKIP_SMOKE:-0} == 1 ]]; then
     echo "skip  demo smoke (SKIP_SMOKE=1)"
 elif [[ $FAILED != 0 ]]; then

@@ -7,10 +7,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokengate::config::Config;
 use tokengate::crypto::alg::Alg;
 use tokengate::crypto::sign::{generate_jwk, SigningKey};
+use tokengate::error::{AuthnError, Refusal};
+use tokengate::flow::{Keyring, NoRemoteKeys, Outcome};
+use tokengate::policy::explain::{self, AuthnView, CentralAnswer, Explanation, KeyFiles, PathView};
+use tokengate::policy::lint;
+use tokengate::token::extract::{HeaderEdit, Request};
+use tokengate::token::jwks::KeySet;
 
 const USAGE: &str = "\
 usage:
-  tokengate check CONFIG.json           validate a filter configuration (- for stdin)
+  tokengate check CONFIG.json           validate a filter configuration (- for stdin); warn
+                                        about rules that can never match or never pass
+  tokengate explain CONFIG.json [--method GET] --path PATH [--host HOST] [--header NAME:VALUE]...
+                  [--token TOKEN] [--jwks [PROVIDER=]JWKS.json]... [--central allow|deny|error]
+                  [--now UNIX_SECS]
+                                        what the filter would do with this request, and why:
+                                        exit 0 if it passes, 1 if refused, 2 on bad arguments
+                                        (--token goes where the matched rule reads tokens;
+                                        --jwks: keys of remote providers, all or one;
+                                        --central: the policy service's assumed answer)
+  tokengate schema                      print the JSON Schema of the configuration document
   tokengate token --key KEY.jwk [--iss ISS] [--sub SUB] [--aud AUD]... [--exp-in 1h]
                   [--nbf-in 0s] [--no-exp] [--typ TYP] [--claim NAME=VALUE]... [--count N]
                                         mint a token (VALUE is JSON if it parses, else a string;
@@ -23,10 +39,20 @@ usage:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("explain") {
+        return match explain_command(args.get(1..).unwrap_or_default()) {
+            Ok(passes) => ExitCode::from(if passes { 0 } else { 1 }),
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match args.first().map(String::as_str) {
         Some("check") => check(args.get(1..).unwrap_or_default()),
         Some("token") => token(args.get(1..).unwrap_or_default()),
         Some("keygen") => keygen(args.get(1..).unwrap_or_default()),
+        Some("schema") => schema(args.get(1..).unwrap_or_default()),
         Some("version" | "--version") => {
             println!("tokengate {}", tokengate::VERSION);
             Ok(())
@@ -44,6 +70,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn schema(args: &[String]) -> Result<(), String> {
+    if !args.is_empty() {
+        return Err(USAGE.to_owned());
+    }
+    print!("{}", tokengate::config::schema::schema_text());
+    Ok(())
 }
 
 fn read_input(path: &str) -> Result<Vec<u8>, String> {
@@ -69,10 +103,293 @@ fn check(args: &[String]) -> Result<(), String> {
                 config.providers.len(),
                 config.rules.len()
             );
+            for warning in lint::lint(&config) {
+                eprintln!("warning: {path}: {}", warning.describe(&config));
+            }
             Ok(())
         }
         Err(e) => Err(format!("{path}: {e}")),
     }
+}
+
+/// `tokengate explain`: true when the request would pass.
+fn explain_command(args: &[String]) -> Result<bool, String> {
+    let Some((config_path, flags)) = args.split_first() else {
+        return Err(USAGE.to_owned());
+    };
+    let mut request = Request {
+        method: "GET".into(),
+        ..Request::default()
+    };
+    let mut path = None;
+    let mut token = None;
+    let mut jwks: Vec<String> = Vec::new();
+    let mut central = CentralAnswer::Allow;
+    let mut now = None;
+    let mut i = 0;
+    while i < flags.len() {
+        let flag = flags.get(i).map(String::as_str).unwrap_or_default();
+        let value = value_of(flags, i, flag)?;
+        match flag {
+            "--method" => request.method = value.to_owned(),
+            "--path" => path = Some(value.to_owned()),
+            "--host" => request.host = value.to_owned(),
+            "--header" => {
+                let (name, header_value) = value
+                    .split_once(':')
+                    .filter(|(name, _)| !name.trim().is_empty())
+                    .ok_or_else(|| format!("--header {value:?}: expected NAME:VALUE"))?;
+                let name = name.trim().to_ascii_lowercase();
+                let header_value = header_value.trim_start().to_owned();
+                if name == "host" || name == ":authority" {
+                    request.host = header_value;
+                } else {
+                    request.headers.push((name, header_value));
+                }
+            }
+            "--token" => token = Some(value.to_owned()),
+            "--jwks" => jwks.push(value.to_owned()),
+            "--central" => {
+                central = match value {
+                    "allow" => CentralAnswer::Allow,
+                    "deny" => CentralAnswer::Deny,
+                    "error" => CentralAnswer::Unavailable,
+                    _ => return Err(format!("--central {value:?}: allow, deny or error")),
+                }
+            }
+            "--now" => {
+                now = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("bad --now {value:?}: seconds since 1970"))?,
+                )
+            }
+            _ => return Err(format!("unknown option {flag:?}\n{USAGE}")),
+        }
+        i += 2;
+    }
+    request.path = path.ok_or("--path is required")?;
+    let now = match now {
+        Some(now) => now,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs(),
+    };
+    let config =
+        Config::from_json(&read_input(config_path)?).map_err(|e| format!("{config_path}: {e}"))?;
+    let keyring = key_files(&config, &jwks)?;
+    if let Some(token) = token {
+        request = explain::place_token(&config, request, &token);
+    }
+    let keyring: &dyn Keyring = match &keyring {
+        Some(files) => files,
+        None => &NoRemoteKeys,
+    };
+    let explanation = explain::explain(&config, keyring, request, now, central);
+    print!(
+        "{}",
+        render(&config, &explanation, central, !jwks.is_empty())
+    );
+    Ok(matches!(
+        explanation.decision.outcome,
+        Outcome::Forward(_) | Outcome::Reply(_)
+    ))
+}
+
+/// `--jwks FILE` (every remote provider) and `--jwks PROVIDER=FILE` (one).
+fn key_files(config: &Config, args: &[String]) -> Result<Option<KeyFiles>, String> {
+    if args.is_empty() {
+        return Ok(None);
+    }
+    let mut sets: Vec<Option<KeySet>> = vec![None; config.providers.len()];
+    for arg in args {
+        let named = arg.split_once('=').and_then(|(name, file)| {
+            let index = config.providers.iter().position(|p| p.name == name)?;
+            Some((Some(index), file))
+        });
+        let (only, file) = named.unwrap_or((None, arg.as_str()));
+        let parsed = KeySet::parse(&read_input(file)?).map_err(|e| format!("{file}: {e}"))?;
+        for (index, slot) in sets.iter_mut().enumerate() {
+            let chosen = match only {
+                Some(only) => only == index,
+                None => explain::is_remote(config, index),
+            };
+            if chosen {
+                *slot = Some(parsed.set.clone());
+            }
+        }
+    }
+    Ok(Some(KeyFiles::new(sets)))
+}
+
+/// `rules[1] "owner"`, or `rules[1]` for an unnamed rule.
+fn rule_label(config: &Config, index: usize) -> String {
+    let position = format!("rules[{index}]");
+    match config.rules.get(index) {
+        Some(rule) if rule.name != position => format!("{position} {:?}", rule.name),
+        _ => position,
+    }
+}
+
+/// The explanation as `tokengate explain` prints it.
+fn render(config: &Config, e: &Explanation, central: CentralAnswer, have_jwks: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let host = if e.request.host.is_empty() {
+        String::new()
+    } else {
+        format!(" (host {})", e.request.host)
+    };
+    let _ = writeln!(
+        out,
+        "request   {} {}{host}",
+        e.request.method, e.request.path
+    );
+    match &e.path {
+        PathView::Checked(path) => {
+            let _ = writeln!(out, "path      {path}");
+        }
+        PathView::Refused(error) => {
+            let _ = writeln!(
+                out,
+                "path      refused with 400 before any rule runs: {}",
+                error.description()
+            );
+        }
+        PathView::NotRead => {
+            let _ = writeln!(out, "path      not read: no rule looks at it");
+        }
+    }
+    if let Outcome::Reply(reply) = &e.decision.outcome {
+        let _ = writeln!(
+            out,
+            "endpoint  answered by the filter itself, before any rule: {} {}",
+            reply.status, reply.content_type
+        );
+    }
+    for (index, part) in &e.skipped {
+        let _ = writeln!(
+            out,
+            "skipped   {}: {part} does not match",
+            rule_label(config, *index)
+        );
+    }
+    match e.rule.and_then(|i| config.rules.get(i).map(|r| (i, r))) {
+        Some((index, rule)) => {
+            let mut notes = Vec::new();
+            if rule.dry_run {
+                notes.push("dry run");
+            }
+            if rule.central {
+                notes.push("central");
+            }
+            let notes = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            let _ = writeln!(out, "rule      {}{notes}", rule_label(config, index));
+        }
+        None if matches!(e.decision.refusal, Some(Refusal::NoRuleMatched)) => {
+            let _ = writeln!(out, "rule      none matches");
+        }
+        None => {}
+    }
+    let authn = match &e.authn {
+        AuthnView::NotReached => None,
+        AuthnView::NotNeeded => Some("not needed: the rule allows anonymous requests".to_owned()),
+        AuthnView::Verified { by } => Some(format!("verified by {by:?}")),
+        AuthnView::Anonymous => Some("no token; authn is optional: anonymous".to_owned()),
+        AuthnView::Refused(AuthnError::Missing) => Some("no token".to_owned()),
+        AuthnView::Refused(error) => Some(format!("refused: {}", error.description())),
+    };
+    if let Some(authn) = authn {
+        let _ = writeln!(out, "authn     {authn}");
+    }
+    if matches!(e.authn, AuthnView::Refused(AuthnError::KeysUnavailable)) && !have_jwks {
+        let _ = writeln!(
+            out,
+            "          (the provider fetches its keys: give them with --jwks JWKS.json)"
+        );
+    }
+    if matches!(e.authn, AuthnView::Refused(AuthnError::ExchangeUnavailable)) {
+        let _ = writeln!(
+            out,
+            "          (an exchange asks its auth service, which explain does not call)"
+        );
+    }
+    for (n, line) in e.conditions.iter().enumerate() {
+        let result = match line.result {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "not evaluated",
+        };
+        let label = if n == 0 { "authz" } else { "" };
+        let indent = "  ".repeat(line.depth);
+        let _ = writeln!(out, "{label:<9} {indent}{}: {result}", line.text);
+    }
+    if let Some(input) = &e.central_input {
+        // The exact text the filter would POST (its hash is the decision cache's key).
+        let _ = writeln!(
+            out,
+            "central   would ask the service with this input: {input}"
+        );
+        let assumed = match central {
+            CentralAnswer::Allow => "allows",
+            CentralAnswer::Deny => "denies",
+            CentralAnswer::Unavailable => "does not answer",
+        };
+        let _ = writeln!(
+            out,
+            "          assuming the service {assumed} (--central allow|deny|error)"
+        );
+    }
+    match &e.decision.outcome {
+        Outcome::Forward(edits) => {
+            let _ = writeln!(out, "decision  allow: the request goes upstream");
+            if let Some(refusal) = e.decision.dry_run {
+                let _ = writeln!(
+                    out,
+                    "          dry run: the rule would refuse it ({})",
+                    refusal.reason()
+                );
+            }
+            for edit in edits {
+                let _ = match edit {
+                    HeaderEdit::Remove(name) => writeln!(out, "          remove {name}"),
+                    HeaderEdit::Set(name, value) => writeln!(out, "          set {name}: {value}"),
+                    HeaderEdit::AddToResponse(name, value) => {
+                        writeln!(out, "          add to the response {name}: {value}")
+                    }
+                };
+            }
+        }
+        Outcome::Reply(_) => {
+            let _ = writeln!(out, "decision  answered by the filter");
+        }
+        Outcome::Deny(deny) => {
+            let reason = e.decision.refusal.map_or("refused", Refusal::reason);
+            let _ = writeln!(out, "decision  refuse: {} ({reason})", deny.status);
+            if let Some(challenge) = &deny.www_authenticate {
+                let _ = writeln!(out, "          www-authenticate: {challenge}");
+            }
+            for (name, value) in &deny.headers {
+                let _ = writeln!(out, "          {name}: {value}");
+            }
+            let _ = writeln!(out, "          body: {}", deny.body);
+        }
+        Outcome::Wait(_) => {
+            let _ = writeln!(
+                out,
+                "decision  would wait (keys, an exchange or the policy service)"
+            );
+        }
+    }
+    if !e.counters.is_empty() {
+        let _ = writeln!(out, "stats     {}", e.counters.join(", "));
+    }
+    out
 }
 
 /// Parses `90`, `90s`, `15m`, `1h`, `2d`, with an optional leading `-`.

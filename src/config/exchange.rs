@@ -2,7 +2,7 @@
 
 use super::{
     compile_source, field_path, identity_header, item_path, optional, required, ConfigError, Field,
-    Kind, Provider, Reader, Slots, DEFAULT_MAX_TOKEN_BYTES,
+    Kind, Provider, Reader, Shape, Slots, DEFAULT_MAX_TOKEN_BYTES,
 };
 use crate::crypto::alg::Alg;
 use crate::crypto::mint_key::MintKey;
@@ -14,49 +14,160 @@ use crate::remote::Uri;
 use crate::token::extract::Source;
 use serde_json::{json, Value};
 
-const EXCHANGE_FIELDS: &[Field] = &[
-    optional("sources", Kind::Array),
-    required("mode", Kind::String),
-    required("endpoint", Kind::Object),
-    optional("client", Kind::Object),
-    required("provider", Kind::String),
-    optional("audiences", Kind::Strings),
-    optional("cache", Kind::Object),
-    optional("upstream", Kind::Object),
-    optional("token_exchange", Kind::Object),
-    optional("mint", Kind::Object),
-    optional("max_token_bytes", Kind::Usize),
+pub(super) const EXCHANGE_FIELDS: &[Field] = &[
+    optional(
+        "sources",
+        Kind::Array,
+        "Where the token is, tried in order as for providers (default the authorization header with the prefix \"Bearer \"); the token never reaches the upstream.",
+    )
+    .nested(Shape::Items(super::SOURCE_FIELDS)),
+    required(
+        "mode",
+        Kind::String,
+        "introspection (RFC 7662), jwt_introspection (RFC 9701: a signed answer), token_exchange (RFC 8693) or session (GET the endpoint with the session id).",
+    )
+    .nested(Shape::OneOf(&[
+        "introspection",
+        "jwt_introspection",
+        "token_exchange",
+        "session",
+    ])),
+    required(
+        "endpoint",
+        Kind::Object,
+        "The auth service's endpoint.",
+    )
+    .nested(Shape::Object(ENDPOINT_FIELDS)),
+    optional(
+        "client",
+        Kind::Object,
+        "The gateway's client credentials at the auth service, sent as HTTP Basic (id and secret form-urlencoded first); required except for session.",
+    )
+    .nested(Shape::Object(CLIENT_FIELDS)),
+    required(
+        "provider",
+        Kind::String,
+        "A provider's name: its issuer must equal the identity's iss when present, its keys verify signed answers and JWTs, its forward makes the identity's headers.",
+    ),
+    optional(
+        "audiences",
+        Kind::Strings,
+        "When set, the identity's aud must hold one of these; when absent, aud is not checked.",
+    ),
+    optional(
+        "cache",
+        Kind::Object,
+        "How long answers are kept, in shared data for all workers; keyed by a hash of the token.",
+    )
+    .nested(Shape::Object(CACHE_FIELDS)),
+    optional(
+        "upstream",
+        Kind::Object,
+        "Where the exchange's JWT (token exchange, session, minted) goes upstream. An identity header: removed from every incoming request.",
+    )
+    .nested(Shape::Object(UPSTREAM_FIELDS)),
+    optional(
+        "token_exchange",
+        Kind::Object,
+        "Mode token_exchange only: parameters sent with the exchange.",
+    )
+    .nested(Shape::Object(TOKEN_EXCHANGE_FIELDS)),
+    optional(
+        "mint",
+        Kind::Object,
+        "The gateway signs its own JWT from the identity's claims (never longer-lived than the identity) and sends that upstream; needs upstream.",
+    )
+    .nested(Shape::Object(MINT_FIELDS)),
+    optional(
+        "max_token_bytes",
+        Kind::Usize,
+        "Longer opaque tokens are refused unread (default 8192, at most 65536).",
+    ),
 ];
 const ENDPOINT_FIELDS: &[Field] = &[
-    required("uri", Kind::String),
-    required("cluster", Kind::String),
-    optional("timeout_ms", Kind::U64),
+    required(
+        "uri",
+        Kind::String,
+        "An http:// or https:// URI; its host is the :authority. For session, {token} in the path or query (required) is replaced by the percent-encoded session id.",
+    ),
+    required(
+        "cluster",
+        Kind::String,
+        "The Envoy cluster the callout goes through.",
+    ),
+    optional(
+        "timeout_ms",
+        Kind::U64,
+        "Callout timeout in milliseconds (default 500, 1-60000).",
+    ),
 ];
 const CLIENT_FIELDS: &[Field] = &[
-    required("id", Kind::String),
-    required("secret", Kind::String),
+    required("id", Kind::String, "The gateway's client id."),
+    required("secret", Kind::String, "The gateway's client secret."),
 ];
 const CACHE_FIELDS: &[Field] = &[
-    optional("max_secs", Kind::U64),
-    optional("negative_secs", Kind::U64),
-    optional("max_entries", Kind::U64),
+    optional(
+        "max_secs",
+        Kind::U64,
+        "An identity's life in seconds, never past its exp (default 300, 1-86400).",
+    ),
+    optional(
+        "negative_secs",
+        Kind::U64,
+        "How long a refusal (inactive token, unknown session) is kept, in seconds (default 5, 0-3600).",
+    ),
+    optional(
+        "max_entries",
+        Kind::U64,
+        "Shared-data slots for all workers (default 10000, at most 1000000).",
+    ),
 ];
 const UPSTREAM_FIELDS: &[Field] = &[
-    required("header", Kind::String),
-    optional("prefix", Kind::String),
+    required("header", Kind::String, "The header the JWT goes in."),
+    optional(
+        "prefix",
+        Kind::String,
+        "Written before the JWT, e.g. \"Bearer \" (default none).",
+    ),
 ];
 const TOKEN_EXCHANGE_FIELDS: &[Field] = &[
-    optional("audience", Kind::String),
-    optional("resource", Kind::String),
-    optional("scope", Kind::String),
+    optional("audience", Kind::String, "RFC 8693 audience parameter."),
+    optional("resource", Kind::String, "RFC 8693 resource parameter."),
+    optional("scope", Kind::String, "RFC 8693 scope parameter."),
 ];
 const MINT_FIELDS: &[Field] = &[
-    required("issuer", Kind::String),
-    required("alg", Kind::String),
-    required("key", Kind::Any),
-    optional("ttl_secs", Kind::U64),
-    optional("audience", Kind::String),
-    optional("jwks_path", Kind::String),
+    required(
+        "issuer",
+        Kind::String,
+        "The iss of minted tokens.",
+    ),
+    required(
+        "alg",
+        Kind::String,
+        "The signature algorithm of minted tokens.",
+    )
+    .nested(Shape::OneOf(&["ES256", "EdDSA"])),
+    required(
+        "key",
+        Kind::Any,
+        "The private JWK to sign with (EC P-256 for ES256, OKP Ed25519 for EdDSA).",
+    )
+    .nested(Shape::AnyObject),
+    optional(
+        "ttl_secs",
+        Kind::U64,
+        "Lifetime of a minted token in seconds (default 300, 1-86400), never past the identity's.",
+    ),
+    optional(
+        "audience",
+        Kind::String,
+        "The aud of minted tokens.",
+    ),
+    optional(
+        "jwks_path",
+        Kind::String,
+        "A path (starting with /) where the filter answers GET with the public JWKS of the minting key, before any rule runs.",
+    ),
 ];
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 500;

@@ -20,6 +20,8 @@ use std::rc::Rc;
 
 mod exchange;
 mod policy;
+#[cfg(feature = "cli")]
+pub mod schema;
 use exchange::{compile_exchange, RawExchange};
 use policy::{compile_authz_service, compile_condition, RawCondition};
 
@@ -263,101 +265,370 @@ struct Field {
     name: &'static str,
     kind: Kind,
     presence: Presence,
+    /// What the field means, for `tokengate schema`. CLI builds only: the filter never
+    /// shows it, so the .wasm does not carry it (the const fns below drop it).
+    #[cfg(feature = "cli")]
+    description: &'static str,
+    /// What an object, map or array field holds, for `tokengate schema` (CLI only).
+    #[cfg(feature = "cli")]
+    shape: Option<Shape>,
 }
 
-const fn optional(name: &'static str, kind: Kind) -> Field {
+/// What a field holds beyond its [`Kind`]: the schema's nesting. Written next to the
+/// field so that the reader's tables stay the one description of the document; only
+/// CLI builds keep it.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+enum Shape {
+    /// An object of these fields.
+    Object(&'static [Field]),
+    /// An object of names (chosen by the user) to objects of these fields.
+    Map(&'static [Field]),
+    /// An array of objects of these fields.
+    Items(&'static [Field]),
+    /// An `authz` condition or tree.
+    Condition,
+    /// A non-empty array of `authz` conditions.
+    Conditions,
+    /// One of these strings (for [`Kind::Strings`]: each element one of these).
+    OneOf(&'static [&'static str]),
+    /// Signature algorithm names, each element one of [`Alg::ALL`].
+    Algorithms,
+    /// A string, number or boolean.
+    Scalar,
+    /// A non-empty array of strings, numbers or booleans.
+    Scalars,
+    /// A JSON object of no fixed fields (a JWKS, a JWK).
+    AnyObject,
+}
+
+#[cfg_attr(not(feature = "cli"), allow(unused_variables))]
+const fn field(
+    name: &'static str,
+    kind: Kind,
+    presence: Presence,
+    description: &'static str,
+) -> Field {
     Field {
         name,
         kind,
-        presence: Presence::Optional,
+        presence,
+        #[cfg(feature = "cli")]
+        description,
+        #[cfg(feature = "cli")]
+        shape: None,
     }
 }
 
-const fn defaulted(name: &'static str, kind: Kind) -> Field {
-    Field {
-        name,
-        kind,
-        presence: Presence::Defaulted,
-    }
+const fn optional(name: &'static str, kind: Kind, description: &'static str) -> Field {
+    field(name, kind, Presence::Optional, description)
 }
 
-const fn required(name: &'static str, kind: Kind) -> Field {
-    Field {
-        name,
-        kind,
-        presence: Presence::Required,
+const fn defaulted(name: &'static str, kind: Kind, description: &'static str) -> Field {
+    field(name, kind, Presence::Defaulted, description)
+}
+
+const fn required(name: &'static str, kind: Kind, description: &'static str) -> Field {
+    field(name, kind, Presence::Required, description)
+}
+
+impl Field {
+    /// The field with what it holds (kept by CLI builds only).
+    #[cfg_attr(not(feature = "cli"), allow(unused_variables, unused_mut))]
+    const fn nested(mut self, shape: Shape) -> Field {
+        #[cfg(feature = "cli")]
+        {
+            self.shape = Some(shape);
+        }
+        self
     }
 }
 
 const CONFIG_FIELDS: &[Field] = &[
-    optional("realm", Kind::String),
-    defaulted("providers", Kind::Object),
-    defaulted("exchanges", Kind::Object),
-    defaulted("rules", Kind::Array),
-    optional("authz_service", Kind::Object),
-    optional("paths", Kind::Object),
+    optional(
+        "realm",
+        Kind::String,
+        "The realm of WWW-Authenticate challenges (default \"tokengate\"): printable ASCII without quotes or backslashes.",
+    ),
+    defaulted(
+        "providers",
+        Kind::Object,
+        "JWT providers by name: the issuers whose tokens are verified, and how. Names are used in rules' authn and in stats.",
+    )
+    .nested(Shape::Map(PROVIDER_FIELDS)),
+    defaulted(
+        "exchanges",
+        Kind::Object,
+        "Exchanges by name: an opaque token or session id turned into an identity by an auth service. A name can't be a provider's.",
+    )
+    .nested(Shape::Map(exchange::EXCHANGE_FIELDS)),
+    defaulted(
+        "rules",
+        Kind::Array,
+        "Rules, first match wins; no match is refused with 403. Absent or empty: one implicit rule, every request needs a token from any provider or exchange.",
+    )
+    .nested(Shape::Items(RULE_FIELDS)),
+    optional(
+        "authz_service",
+        Kind::Object,
+        "The central policy service (OPA-compatible) that rules with \"central\": true ask after their local checks pass; null for none.",
+    )
+    .nested(Shape::Object(policy::AUTHZ_SERVICE_FIELDS)),
+    optional(
+        "paths",
+        Kind::Object,
+        "How request paths are checked before any rule runs. A path with dot-segments, //, \\ or an encoded /, \\ or . is refused with 400.",
+    )
+    .nested(Shape::Object(policy::PATHS_FIELDS)),
 ];
 const PROVIDER_FIELDS: &[Field] = &[
-    required("issuer", Kind::String),
-    optional("audiences", Kind::Strings),
-    required("jwks", Kind::Object),
-    optional("algorithms", Kind::Strings),
-    optional("sources", Kind::Array),
-    optional("token_types", Kind::Strings),
-    optional("clock_skew_secs", Kind::U64),
-    optional("require_exp", Kind::Bool),
-    optional("max_token_bytes", Kind::Usize),
-    defaulted("forward", Kind::Object),
+    required(
+        "issuer",
+        Kind::String,
+        "Exact match on the token's iss.",
+    ),
+    optional(
+        "audiences",
+        Kind::Strings,
+        "If set, the token's aud (a string or an array) must contain one of these.",
+    ),
+    required(
+        "jwks",
+        Kind::Object,
+        "Where the verification keys come from: exactly one of inline, uri or discovery.",
+    )
+    .nested(Shape::Object(JWKS_FIELDS)),
+    optional(
+        "algorithms",
+        Kind::Strings,
+        "Allowed signature algorithms. Default: every asymmetric one, each key still pinned to its own type, curve and alg. HS256/384/512 only when listed and only with inline oct keys; none never.",
+    )
+    .nested(Shape::Algorithms),
+    optional(
+        "sources",
+        Kind::Array,
+        "Where the token is, tried in order: the first present source is the token (an invalid token there is refused, not skipped). Default: the authorization header with the prefix \"Bearer \".",
+    )
+    .nested(Shape::Items(SOURCE_FIELDS)),
+    optional(
+        "token_types",
+        Kind::Strings,
+        "Allowed values of the token header's typ (case-insensitive, an application/ prefix ignored), e.g. [\"at+jwt\"]; when set, a token without a listed typ is refused.",
+    ),
+    optional(
+        "clock_skew_secs",
+        Kind::U64,
+        "Leeway for exp and nbf, in seconds (default 60).",
+    ),
+    optional(
+        "require_exp",
+        Kind::Bool,
+        "Refuse tokens without exp (default true).",
+    ),
+    optional(
+        "max_token_bytes",
+        Kind::Usize,
+        "Longer tokens are refused before anything is decoded (default 8192, at most 65536).",
+    ),
+    defaulted(
+        "forward",
+        Kind::Object,
+        "What a verified token sends upstream.",
+    )
+    .nested(Shape::Object(FORWARD_FIELDS)),
 ];
 const JWKS_FIELDS: &[Field] = &[
-    optional("inline", Kind::Any),
-    optional("uri", Kind::String),
-    optional("discovery", Kind::String),
-    optional("cluster", Kind::String),
-    optional("cache_secs", Kind::U64),
-    optional("timeout_ms", Kind::U64),
-    optional("unknown_kid_refetch_secs", Kind::U64),
+    optional(
+        "inline",
+        Kind::Any,
+        "A JWKS document ({\"keys\": [...]}), checked when the configuration loads: RSA of at least 2048 bits, EC points on their curve, Ed25519, oct of at least 32 bytes.",
+    )
+    .nested(Shape::AnyObject),
+    optional(
+        "uri",
+        Kind::String,
+        "A JWKS URL (http:// or https://) fetched by HTTP callout through cluster; its host is the :authority.",
+    ),
+    optional(
+        "discovery",
+        Kind::String,
+        "An OpenID Connect discovery document URL: its issuer must equal the provider's issuer, and its jwks_uri is fetched as for uri.",
+    ),
+    optional(
+        "cluster",
+        Kind::String,
+        "The Envoy cluster remote keys are fetched through; required with uri or discovery.",
+    ),
+    optional(
+        "cache_secs",
+        Kind::U64,
+        "How long fetched keys are used, in seconds (default 600, 1-604800); a shorter Cache-Control max-age from the server wins.",
+    ),
+    optional(
+        "timeout_ms",
+        Kind::U64,
+        "Timeout of a key fetch, in milliseconds (default 2000, 1-60000).",
+    ),
+    optional(
+        "unknown_kid_refetch_secs",
+        Kind::U64,
+        "At most one refetch for tokens with an unknown kid per this many seconds, across all workers (default 30).",
+    ),
 ];
 const SOURCE_FIELDS: &[Field] = &[
-    optional("header", Kind::String),
-    optional("prefix", Kind::String),
-    optional("cookie", Kind::String),
-    optional("query", Kind::String),
+    optional(
+        "header",
+        Kind::String,
+        "A request header holding the token.",
+    ),
+    optional(
+        "prefix",
+        Kind::String,
+        "With header: the scheme before the token, matched case-insensitively (e.g. \"Bearer \"); a header without it holds no token.",
+    ),
+    optional(
+        "cookie",
+        Kind::String,
+        "A cookie holding the token.",
+    ),
+    optional(
+        "query",
+        Kind::String,
+        "A query parameter holding the token.",
+    ),
 ];
 const FORWARD_FIELDS: &[Field] = &[
-    defaulted("keep_token", Kind::Bool),
-    optional("payload_header", Kind::String),
-    defaulted("claims", Kind::StringMap),
+    defaulted(
+        "keep_token",
+        Kind::Bool,
+        "Keep the token in the request upstream. Default false: it is removed from where it was found (header, cookie or query parameter).",
+    ),
+    optional(
+        "payload_header",
+        Kind::String,
+        "A header set upstream to the token's payload segment: base64url (no padding) of the verified claims JSON. An identity header: removed from every incoming request.",
+    ),
+    defaulted(
+        "claims",
+        Kind::StringMap,
+        "Claim path (dot-separated) to the header set upstream. Strings as they are, numbers and booleans as JSON, arrays of strings joined with \",\", other values as compact JSON; a missing claim sets no header. Identity headers: removed from every incoming request.",
+    ),
 ];
 const RULE_FIELDS: &[Field] = &[
-    optional("name", Kind::String),
-    defaulted("match", Kind::Object),
-    optional("allow", Kind::String),
-    optional("authn", Kind::Object),
-    optional("authz", Kind::Object),
-    optional("central", Kind::Bool),
-    optional("dry_run", Kind::Bool),
+    optional(
+        "name",
+        Kind::String,
+        "The rule's name in logs, stats (tokengate.rule.<name>.*) and 403 descriptions (default rules[<index>]).",
+    ),
+    defaulted(
+        "match",
+        Kind::Object,
+        "Which requests the rule applies to; empty (or absent) matches every request.",
+    )
+    .nested(Shape::Object(MATCH_FIELDS)),
+    optional(
+        "allow",
+        Kind::String,
+        "\"anonymous\": no authentication (identity headers are still stripped). Exactly one of allow or authn.",
+    )
+    .nested(Shape::OneOf(&["anonymous"])),
+    optional(
+        "authn",
+        Kind::Object,
+        "The providers or exchanges that authenticate the request. Exactly one of allow or authn.",
+    )
+    .nested(Shape::Object(AUTHN_FIELDS)),
+    optional(
+        "authz",
+        Kind::Object,
+        "Local authorization, checked after authentication: a condition on the verified claims, headers, method or path parameters, or an all / any / not tree of them. Failing: 403 insufficient_scope naming the rule.",
+    )
+    .nested(Shape::Condition),
+    optional(
+        "central",
+        Kind::Bool,
+        "After authentication and authz pass, ask the top-level authz_service (which must be set).",
+    ),
+    optional(
+        "dry_run",
+        Kind::Bool,
+        "Decide, log and count (tokengate.rule.<name>.dry_run_denied), but let the request through as if allowed.",
+    ),
 ];
 const MATCH_FIELDS: &[Field] = &[
-    optional("path", Kind::Object),
-    optional("methods", Kind::Strings),
-    optional("host", Kind::String),
-    defaulted("headers", Kind::Object),
+    optional(
+        "path",
+        Kind::Object,
+        "Exactly one of exact, prefix or template, matched against the path without its query (unreserved percent-escapes decoded).",
+    )
+    .nested(Shape::Object(PATH_MATCH_FIELDS)),
+    optional(
+        "methods",
+        Kind::Strings,
+        "The request's method must be one of these.",
+    ),
+    optional(
+        "host",
+        Kind::String,
+        "The request's :authority, case-insensitive; a host without a port ignores the request's port.",
+    ),
+    defaulted(
+        "headers",
+        Kind::Object,
+        "Header name to a test; every test must hold.",
+    )
+    .nested(Shape::Map(HEADER_MATCH_FIELDS)),
 ];
 const PATH_MATCH_FIELDS: &[Field] = &[
-    optional("exact", Kind::String),
-    optional("prefix", Kind::String),
-    optional("template", Kind::String),
+    optional(
+        "exact",
+        Kind::String,
+        "The whole path, starting with /.",
+    ),
+    optional(
+        "prefix",
+        Kind::String,
+        "A plain string prefix of the path, starting with / (as in Envoy's route match).",
+    ),
+    optional(
+        "template",
+        Kind::String,
+        "A template such as /users/{id}/orders: each {name} is one non-empty segment, usable in authz path_param conditions.",
+    ),
 ];
 const HEADER_MATCH_FIELDS: &[Field] = &[
-    optional("present", Kind::Bool),
-    optional("equals", Kind::String),
-    optional("prefix", Kind::String),
+    optional(
+        "present",
+        Kind::Bool,
+        "true: the header must be present; false: absent. Exactly one of present, equals or prefix.",
+    ),
+    optional(
+        "equals",
+        Kind::String,
+        "The header's value must be exactly this.",
+    ),
+    optional(
+        "prefix",
+        Kind::String,
+        "The header's value must start with this.",
+    ),
 ];
 const AUTHN_FIELDS: &[Field] = &[
-    optional("any", Kind::Strings),
-    optional("all", Kind::Strings),
-    defaulted("optional", Kind::Bool),
+    optional(
+        "any",
+        Kind::Strings,
+        "Provider or exchange names: one of them must authenticate the request. A JWT goes to the providers only; any other token to the first listed exchange whose source holds one. Exactly one of any or all.",
+    ),
+    optional(
+        "all",
+        Kind::Strings,
+        "Provider or exchange names: every one of them must authenticate the request.",
+    ),
+    defaulted(
+        "optional",
+        Kind::Bool,
+        "Let a request without any token through as anonymous (an invalid token is still refused). Default false.",
+    ),
 ];
 
 /// The `Raw*` types read out of a parsed document.

@@ -1,7 +1,8 @@
 //! Authorization in the document: a rule's `authz` tree, `authz_service`, `paths`.
 
 use super::{
-    field_path, header_name, item_path, optional, required, ConfigError, Field, Kind, Reader, Slots,
+    field_path, header_name, item_path, optional, required, ConfigError, Field, Kind, Reader,
+    Shape, Slots,
 };
 use crate::policy::authz::{ClaimTest, Condition, HeaderTest};
 use crate::policy::central::AuthzService;
@@ -10,29 +11,85 @@ use crate::remote::Uri;
 use crate::token::claims::ClaimPath;
 use serde_json::Value;
 
-const ALL_FIELDS: &[Field] = &[required("all", Kind::Array)];
-const ANY_FIELDS: &[Field] = &[required("any", Kind::Array)];
-const NOT_FIELDS: &[Field] = &[required("not", Kind::Object)];
+const ALL_FIELDS: &[Field] =
+    &[required("all", Kind::Array, "Every condition must hold.").nested(Shape::Conditions)];
+const ANY_FIELDS: &[Field] =
+    &[required("any", Kind::Array, "At least one condition must hold.").nested(Shape::Conditions)];
+const NOT_FIELDS: &[Field] =
+    &[
+        required("not", Kind::Object, "The condition or tree must not hold.")
+            .nested(Shape::Condition),
+    ];
 const CLAIM_FIELDS: &[Field] = &[
-    required("claim", Kind::String),
-    optional("equals", Kind::Any),
-    optional("contains", Kind::String),
-    optional("in", Kind::Array),
-    optional("prefix", Kind::String),
+    required(
+        "claim",
+        Kind::String,
+        "A claim path (dot-separated) of the verified identity. Without an identity, every claim test fails. Exactly one of equals, contains, in or prefix.",
+    ),
+    optional(
+        "equals",
+        Kind::Any,
+        "The claim is this string, number or boolean.",
+    )
+    .nested(Shape::Scalar),
+    optional(
+        "contains",
+        Kind::String,
+        "An array claim (scp) holds this string, or a space-separated string claim (scope) has it as one of its words.",
+    ),
+    optional(
+        "in",
+        Kind::Array,
+        "The claim (or, for an array claim, one of its elements) is one of these.",
+    )
+    .nested(Shape::Scalars),
+    optional(
+        "prefix",
+        Kind::String,
+        "A string claim starts with this.",
+    ),
 ];
 const HEADER_FIELDS: &[Field] = &[
-    required("header", Kind::String),
-    optional("equals", Kind::String),
-    optional("present", Kind::Bool),
-    optional("equals_claim", Kind::String),
+    required(
+        "header",
+        Kind::String,
+        "A request header name. Exactly one of equals, present or equals_claim.",
+    ),
+    optional(
+        "equals",
+        Kind::String,
+        "The header's value is exactly this.",
+    ),
+    optional(
+        "present",
+        Kind::Bool,
+        "true: the header is present; false: absent.",
+    ),
+    optional(
+        "equals_claim",
+        Kind::String,
+        "The header's value equals this claim path's value (strings as they are, numbers and booleans as JSON): a tenant header against a tenant claim.",
+    ),
 ];
 const PATH_PARAM_FIELDS: &[Field] = &[
-    required("path_param", Kind::String),
-    required("equals_claim", Kind::String),
+    required(
+        "path_param",
+        Kind::String,
+        "A {name} of the rule's path template.",
+    ),
+    required(
+        "equals_claim",
+        Kind::String,
+        "The claim path whose value the parameter's segment must equal (a user may read /users/{id} only where id is their sub).",
+    ),
 ];
-const METHOD_FIELDS: &[Field] = &[required("method", Kind::Strings)];
+const METHOD_FIELDS: &[Field] = &[required(
+    "method",
+    Kind::Strings,
+    "The request's method is one of these (non-empty).",
+)];
 /// The key that says which kind of condition an object is, with its fields.
-const CONDITION_KINDS: &[(&str, &[Field])] = &[
+pub(super) const CONDITION_KINDS: &[(&str, &[Field])] = &[
     ("all", ALL_FIELDS),
     ("any", ANY_FIELDS),
     ("not", NOT_FIELDS),
@@ -45,14 +102,43 @@ const CONDITION_KINDS: &[(&str, &[Field])] = &[
 const MAX_DEPTH: usize = 16;
 
 pub const AUTHZ_SERVICE_FIELDS: &[Field] = &[
-    required("uri", Kind::String),
-    required("cluster", Kind::String),
-    optional("timeout_ms", Kind::U64),
-    optional("cache_secs", Kind::U64),
-    optional("on_error", Kind::String),
-    optional("include_headers", Kind::Strings),
+    required(
+        "uri",
+        Kind::String,
+        "The policy's http:// or https:// URL (OPA: /v1/data/<path>). The OPA-Envoy input plus input.identity is POSTed to it.",
+    ),
+    required(
+        "cluster",
+        Kind::String,
+        "The Envoy cluster the callout goes through.",
+    ),
+    optional(
+        "timeout_ms",
+        Kind::U64,
+        "Callout timeout in milliseconds (default 200, 1-60000).",
+    ),
+    optional(
+        "cache_secs",
+        Kind::U64,
+        "How long a decision is kept, keyed by the whole input, identity included (default 5, 0-3600).",
+    ),
+    optional(
+        "on_error",
+        Kind::String,
+        "When the service can't decide (down, slow, garbage): deny (503, the default) or allow (counted as tokengate.authz_service.failure).",
+    )
+    .nested(Shape::OneOf(&["deny", "allow"])),
+    optional(
+        "include_headers",
+        Kind::Strings,
+        "Request headers copied into the input (default none): no credential reaches the policy by accident, and volatile headers don't defeat the cache.",
+    ),
 ];
-pub const PATHS_FIELDS: &[Field] = &[optional("allow_encoded_slashes", Kind::Bool)];
+pub const PATHS_FIELDS: &[Field] = &[optional(
+    "allow_encoded_slashes",
+    Kind::Bool,
+    "Let %2F through in a path, matched as the literal %2F (default false: refused with 400).",
+)];
 
 const DEFAULT_AUTHZ_TIMEOUT_MS: u64 = 200;
 const DEFAULT_AUTHZ_CACHE_SECS: u64 = 5;

@@ -2,5 +2,9 @@
 
 pub mod authz;
 pub mod central;
+#[cfg(feature = "cli")]
+pub mod explain;
+#[cfg(feature = "cli")]
+pub mod lint;
 pub mod paths;
 pub mod rules;

@@ -146,7 +146,7 @@ impl PathMatch {
         }
     }
 
-    fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Exact(exact) => path == exact,
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
@@ -210,10 +210,52 @@ impl Matcher {
             }
         })
     }
+
+    /// What of this matcher the request fails — `path`, `method`, `host` or
+    /// `header <name>` — or `None` when it matches; for `tokengate explain`.
+    #[cfg(feature = "cli")]
+    pub fn mismatch(&self, request: &Request, path: &str) -> Option<String> {
+        if self.path.as_ref().is_some_and(|p| !p.matches(path)) {
+            return Some("path".into());
+        }
+        if self.methods.as_ref().is_some_and(|methods| {
+            !methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&request.method))
+        }) {
+            return Some("method".into());
+        }
+        if self
+            .host
+            .as_ref()
+            .is_some_and(|host| !host_matches(host, &request.host))
+        {
+            return Some("host".into());
+        }
+        self.headers
+            .iter()
+            .find(|(name, m)| !m.accepts(request.header(name)))
+            .map(|(name, _)| format!("header {name}"))
+    }
+}
+
+#[cfg(feature = "cli")]
+impl HeaderMatch {
+    /// Whether a header's (first) value passes; `None` when the header is absent. The
+    /// same test as in [`Matcher::matches`] (kept inline there: the filter's hot path),
+    /// which `a_mismatch_names_the_first_part_that_fails_and_only_when_matches_fails`
+    /// holds them to.
+    fn accepts(&self, value: Option<&str>) -> bool {
+        match self {
+            HeaderMatch::Present(want) => value.is_some() == *want,
+            HeaderMatch::Equals(expected) => value == Some(expected.as_str()),
+            HeaderMatch::Prefix(prefix) => value.is_some_and(|v| v.starts_with(prefix.as_str())),
+        }
+    }
 }
 
 /// Hosts compare case-insensitively; a rule without a port ignores the request's port.
-fn host_matches(rule: &str, authority: &str) -> bool {
+pub(crate) fn host_matches(rule: &str, authority: &str) -> bool {
     if authority.eq_ignore_ascii_case(rule) {
         return true;
     }
@@ -315,5 +357,33 @@ mod tests {
             ..Matcher::default()
         };
         assert!(hit(&absent, &request("GET", "/", "h")));
+    }
+
+    #[cfg(feature = "cli")]
+    #[test]
+    fn a_mismatch_names_the_first_part_that_fails_and_only_when_matches_fails() {
+        let m = Matcher {
+            path: Some(PathMatch::Prefix("/api".into())),
+            methods: Some(vec!["GET".into()]),
+            host: Some("api".into()),
+            headers: vec![("x-tenant".into(), HeaderMatch::Equals("acme".into()))],
+        };
+        for (request, part) in [
+            (request("GET", "/api/x", "api"), None),
+            (request("GET", "/other", "api"), Some("path")),
+            (request("POST", "/api", "api"), Some("method")),
+            (request("GET", "/api", "other"), Some("host")),
+            (
+                Request {
+                    headers: vec![],
+                    ..request("GET", "/api", "api:80")
+                },
+                Some("header x-tenant"),
+            ),
+        ] {
+            let path = request.path_only().to_owned();
+            assert_eq!(m.mismatch(&request, &path).as_deref(), part);
+            assert_eq!(m.matches(&request, &path), part.is_none());
+        }
     }
 }
