@@ -66,7 +66,7 @@ validate: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/validate.sh
 
 e2e: build envoy
-	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange -- --test-threads=2
+	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz -- --test-threads=2
 
 test: deps lint unit validate e2e oci-test
 

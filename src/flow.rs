@@ -448,7 +448,24 @@ impl Step<'_> {
                     _ => None,
                 })
                 .collect();
-            let input = central::input(service, self.request, self.path, &hidden, named);
+            // Included headers as the upstream gets them: an identity header carries
+            // the filter's value (or none), never what the client sent.
+            let headers: Vec<(&str, &str)> = service
+                .include_headers
+                .iter()
+                .filter_map(|name| {
+                    let value = if config.identity_headers.contains(name) {
+                        edits.iter().rev().find_map(|edit| match edit {
+                            HeaderEdit::Set(set, value) if set == name => Some(value.as_str()),
+                            _ => None,
+                        })
+                    } else {
+                        self.request.header(name)
+                    };
+                    Some((name.as_str(), value?))
+                })
+                .collect();
+            let input = central::input(self.request, self.path, &headers, &hidden, named);
             let key = central::input_key(&input);
             match self.services.policy.ask(key, &input, !self.waited) {
                 Ask::Decided { decision, cached } => {
@@ -1919,6 +1936,30 @@ mod authz_tests {
         assert!(
             !inputs[0].0.contains(&auth[7..]),
             "the token never reaches the policy"
+        );
+    }
+
+    #[test]
+    fn the_policy_sees_the_filters_identity_headers_never_the_clients() {
+        let mut config = config("deny");
+        if let Some(service) = config.authz_service.as_mut() {
+            service.include_headers = vec!["x-user-id".into(), "x-tenant".into()];
+        }
+        let allow = policy(decided(PolicyDecision {
+            allow: true,
+            ..PolicyDecision::default()
+        }));
+        let auth = bearer(&claims(json!({})));
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-tenant", "acme"),
+            ("x-user-id", "root"),
+        ];
+        run(&config, &allow, "/hybrid", &headers, false);
+        let input: Value = serde_json::from_str(&allow.inputs.borrow()[0].0).unwrap();
+        assert_eq!(
+            input["input"]["attributes"]["request"]["http"]["headers"],
+            json!({"x-user-id": "alice", "x-tenant": "acme"})
         );
     }
 

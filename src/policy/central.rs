@@ -67,21 +67,21 @@ impl DecisionError {
 
 /// The input document, as JSON text (the cache key is its hash).
 ///
-/// `hidden` names query parameters that carry tokens: they are left out of both the
-/// path and `parsed_query`, so a token in the query never reaches the policy.
+/// `headers` are the included headers' values as the upstream will see them (an
+/// identity header with the filter's value, never the client's). `hidden` names query
+/// parameters that carry tokens: they are left out of both the path and `parsed_query`,
+/// so a token in the query never reaches the policy.
 pub fn input(
-    service: &AuthzService,
     request: &Request,
     path: &str,
+    headers: &[(&str, &str)],
     hidden: &[&str],
     identity: Option<(&str, &Map<String, Value>)>,
 ) -> String {
-    let mut headers = Map::new();
-    for name in &service.include_headers {
-        if let Some(value) = request.header(name) {
-            headers.insert(name.clone(), json!(value));
-        }
-    }
+    let headers: Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), json!(value)))
+        .collect();
     let (raw_path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
     let mut shown_path = raw_path.to_owned();
     let mut parsed_query: Map<String, Value> = Map::new();
@@ -294,17 +294,6 @@ impl DecisionCache {
 mod tests {
     use super::*;
 
-    fn service() -> AuthzService {
-        AuthzService {
-            uri: Uri::parse("http://opa:8181/v1/data/http/authz").unwrap(),
-            cluster: "opa".into(),
-            timeout_ms: 200,
-            cache_secs: 5,
-            allow_on_error: false,
-            include_headers: vec!["x-tenant".into()],
-        }
-    }
-
     #[test]
     fn the_input_has_the_opa_envoy_shape_and_only_the_named_headers() {
         let request = Request {
@@ -317,10 +306,11 @@ mod tests {
             ],
         };
         let claims = json!({"sub": "alice"}).as_object().unwrap().clone();
+        let included = [("x-tenant", "acme")];
         let text = input(
-            &service(),
             &request,
             "/users/42",
+            &included,
             &[],
             Some(("corp", &claims)),
         );
@@ -349,7 +339,7 @@ mod tests {
             path: "/r?page=2&access_token=secret.jwt.value&x=1".into(),
             ..Request::default()
         };
-        let text = input(&service(), &request, "/r", &["access_token"], None);
+        let text = input(&request, "/r", &[], &["access_token"], None);
         assert!(!text.contains("secret"), "{text}");
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -372,8 +362,8 @@ mod tests {
         let a = json!({"sub": "alice"}).as_object().unwrap().clone();
         let b = json!({"sub": "bob"}).as_object().unwrap().clone();
         assert_ne!(
-            input_key(&input(&service(), &request, "/", &[], Some(("corp", &a)))),
-            input_key(&input(&service(), &request, "/", &[], Some(("corp", &b))))
+            input_key(&input(&request, "/", &[], &[], Some(("corp", &a)))),
+            input_key(&input(&request, "/", &[], &[], Some(("corp", &b))))
         );
     }
 

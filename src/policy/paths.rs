@@ -125,7 +125,12 @@ fn check_segments(path: &str) -> Result<(), PathError> {
         if segment.is_empty() && segments.peek().is_some() {
             return Err(PathError::EmptySegment);
         }
+        // `;params`, also as `%3B`, which an upstream may decode before it reads `..;`.
         let bare = segment.split_once(';').map_or(segment, |(name, _)| name);
+        let bare = match bare.find("%3B") {
+            Some(at) => bare.get(..at).unwrap_or(bare),
+            None => bare,
+        };
         if bare == "." || bare == ".." {
             return Err(PathError::DotSegment);
         }
