@@ -427,26 +427,6 @@ pub fn compile_exchange(
         ));
     }
 
-    // Every worker derives the same hash key from what defines the exchange, the
-    // client secret included, so that tokens are never kept as themselves.
-    let identity = json!([
-        name,
-        mode.name(),
-        uri_text,
-        cluster,
-        client.as_ref().map(|c| [c.id.as_str(), c.secret.as_str()]),
-    ])
-    .to_string();
-    let hash_key = hmac_sha256::HMAC::mac(identity.as_bytes(), b"tokengate exchange cache v1");
-    let config_id = hmac_sha256::HMAC::mac(b"shared data", hash_key);
-    let shared_prefix = format!(
-        "tokengate.x.{name}.{}",
-        config_id
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
     let forwarded_claims = providers
         .get(provider)
         .map(|p| {
@@ -457,6 +437,40 @@ pub fn compile_exchange(
                 .collect()
         })
         .unwrap_or_default();
+
+    // Every worker derives the same hash key from everything that shapes what the
+    // exchange stores about a token — the auth service, the gateway's credentials, the
+    // provider that checks answers (its rules and keys), the exchange's own checks, what
+    // is minted — so that two configurations (two listeners, or one before and after an
+    // update) never read each other's answers, and tokens are never kept as themselves.
+    let checker = providers
+        .get(provider)
+        .map(|p| format!("{}\n{:?}\n{:?}", p.name, p.policy, p.keys))
+        .unwrap_or_default();
+    let minting = mint
+        .as_ref()
+        .map(|m| {
+            format!(
+                "{}\n{:?}\n{}\n{}",
+                m.issuer, m.audience, m.ttl_secs, m.public_jwks
+            )
+        })
+        .unwrap_or_default();
+    let identity = format!(
+        "{name}\n{}\n{uri_text}\n{cluster}\n{:?}\n{checker}\n{audiences:?}\n{max_secs} {negative_secs} {max_entries}\n{upstream:?}\n{params:?}\n{minting}\n{forwarded_claims:?}",
+        mode.name(),
+        client.as_ref().map(|c| (&c.id, &c.secret)),
+    );
+    let hash_key = hmac_sha256::HMAC::mac(identity.as_bytes(), b"tokengate exchange cache v1");
+    let config_id = hmac_sha256::HMAC::mac(b"shared data", hash_key);
+    let shared_prefix = format!(
+        "tokengate.x.{name}.{}",
+        config_id
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
 
     Ok(Exchange {
         name: name.to_owned(),

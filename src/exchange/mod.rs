@@ -224,15 +224,29 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_key_changes_with_the_exchanges_configuration() {
-        let one = config_with(exchange_json("introspection"));
-        let mut other = exchange_json("introspection");
-        other["client"]["secret"] = "another".into();
-        let two = config_with(other);
-        assert_ne!(one.exchanges[0].hash_key, two.exchanges[0].hash_key);
-        assert_ne!(
-            one.exchanges[0].shared_prefix,
-            two.exchanges[0].shared_prefix
-        );
+    fn the_hash_key_changes_with_anything_that_shapes_a_stored_answer() {
+        let base = config_with(exchange_json("introspection"));
+        let changes: [fn(&mut serde_json::Value); 5] = [
+            |e| e["client"]["secret"] = "another".into(),
+            |e| e["audiences"] = serde_json::json!(["some-other-api"]),
+            |e| e["cache"]["max_secs"] = 10.into(),
+            |e| e["upstream"]["prefix"] = "".into(),
+            |e| {
+                e["mint"] = serde_json::json!({"issuer": "https://gw", "alg": "EdDSA",
+                                               "key": crate::testutil::private_jwk("eddsa")})
+            },
+        ];
+        for change in changes {
+            let mut doc = exchange_json("introspection");
+            change(&mut doc);
+            let other = config_with(doc);
+            assert_ne!(base.exchanges[0].hash_key, other.exchanges[0].hash_key);
+            assert_ne!(
+                base.exchanges[0].shared_prefix,
+                other.exchanges[0].shared_prefix
+            );
+        }
+        let again = config_with(exchange_json("introspection"));
+        assert_eq!(base.exchanges[0].hash_key, again.exchanges[0].hash_key);
     }
 }

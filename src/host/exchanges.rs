@@ -5,6 +5,7 @@
 
 use super::root::{now_ms, VmState};
 use crate::config::KeySource;
+use crate::error::AuthnError;
 use crate::exchange::answer::{self, Answer, Resolved, MAX_ANSWER_BYTES};
 use crate::exchange::callout::callout;
 use crate::exchange::record::{resolved_record, Record, State};
@@ -268,7 +269,9 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
     let record = match state.config.providers.get(exchange.provider) {
         Some(provider) => match answer::read(exchange, provider, keys.as_deref(), &answer, now) {
             Ok(resolved) => {
-                if matches!(resolved, Resolved::Refused(_)) {
+                // `inactive` is the auth service's word; the exchange's own refusals
+                // (issuer, audience, exp) are counted by their reason.
+                if resolved == Resolved::Refused(AuthnError::Inactive) {
                     metrics.increment(Counter::Exchange(flight.exchange, ExchangeEvent::Inactive));
                 }
                 resolved_record(exchange, flight.key, resolved, now)
