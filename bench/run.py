@@ -23,8 +23,13 @@ kept in bench/.work and reused while they have a day left):
   tg-cold           tokengate, unique tokens cycling, more than its cache holds
   native-badsig     jwt_authn, tokens signed by another key with the same kid (401)
   tg-badsig         tokengate, the same bad tokens (401)
-  tg-exchange-hit   PLACEHOLDER: opaque-token exchange answered from its cache; not run
-                    until exchanges exist (see EXCHANGE below)
+And two more next to EdDSA's tg-cached, which they are judged against (≥ 0.9×):
+  tg-exchange-hit   tokengate with an `introspection` exchange, one opaque token repeated
+                    (its exchange cache answers); the introspection endpoint is a stdlib
+                    server in this process on 127.0.0.1, reached through an Envoy cluster
+                    `auth`, that counts the callouts (about one per VM: the first request)
+  tg-minted-hit     the same exchange with `mint` (EdDSA, a key from `tokengate keygen`):
+                    a cached hit also sets the minted JWT in `x-internal-jwt`
 
 Settings (environment): BENCH_DURATION (s, 5), BENCH_CONNECTIONS (16), BENCH_THREADS
 (wrk threads, 1), BENCH_ROUNDS (2), BENCH_WARMUP (s per variant before round 1, 1),
@@ -37,10 +42,13 @@ TOKENGATE_CLI, TOKENGATE_WASM, WASM_OPT.
 
 from __future__ import annotations
 
+import base64
+import collections
 import concurrent.futures
 import datetime
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import re
@@ -51,7 +59,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +116,27 @@ TOKEN_MIN_LEFT_S = 86400
 FILTER_CACHE_ENTRIES = 4096  # src/token/cache.rs DEFAULT_MAX_ENTRIES, for the report
 NATIVE_CACHE_SIZE = 10000
 
+# Exchanges (README "Gateway-centric and session patterns"): the variant kind, the name of
+# its exchange (one per listener, so each has its own shared-data slots and its own
+# `wasmcustom.tokengate.exchange.<name>.*` counters) and the client id it introspects as.
+# Their provider is the one the EXCHANGE_ALG JWT variants use (same issuer, audiences and
+# `forward`: none), and their rows are judged against that algorithm's tg-cached row.
+EXCHANGES = {"tg-exchange-hit": "introspect", "tg-minted-hit": "minted"}
+EXCHANGE_ALG = "EdDSA"
+EXCHANGE_SECRET = "bench-secret"
+EXCHANGE_CACHE_SECS = 3600  # cache.max_secs: the whole run is hits after the first request
+INTROSPECT_PATH = "/introspect"
+OPAQUE_SUB = "opaque-000000"
+MINT_KID = "gw"
+MINT_ISSUER = "https://gateway.bench.internal"
+MINT_AUDIENCE = "bench-internal"
+MINT_HEADER = "x-internal-jwt"
+
 # Targets (the issue's). Ratios are of mean req/s.
 TARGET_CACHED_VS_FLOOR = 0.95
 TARGET_COLD_VS_NATIVE = {"RS256": 0.5, "ES256": 0.3, "EdDSA": 1.0}
 TARGET_BAD_VS_NATIVE = {"RS256": 0.5, "EdDSA": 0.5}
+TARGET_EXCHANGE_VS_CACHED = 0.9  # an exchange cache hit vs a cached JWT (tg-cached)
 TARGET_OPT_BYTES = 500 * 1000  # "500 KB", read strictly as 500,000 bytes
 TARGET_START_FACTOR, TARGET_START_EXTRA_MS = 2.0, 500.0
 # "Flat": after the caches are full, further floods of unique tokens grow the wasm VMs'
@@ -153,6 +180,8 @@ def stop(proc: subprocess.Popen) -> None:
 def stop_all() -> None:
     for proc in list(STARTED):
         stop(proc)
+    for server in list(SERVERS):
+        server.stop()
 
 
 def on_signal(signum, _frame):
@@ -181,6 +210,107 @@ def http_get(port: int, path: str = "/", headers: dict | None = None, timeout: f
         return response.status, response.read()
     finally:
         conn.close()
+
+
+# --- the introspection endpoint -----------------------------------------------------------
+
+SERVERS: list["Introspection"] = []
+AUTH: "Introspection | None" = None  # the main run's, while it runs
+
+
+class Introspection:
+    """RFC 7662 introspection for the exchange variants, on 127.0.0.1 in a thread of this
+    process (it answers a handful of callouts a run, so it needs no CPU of its own).
+
+    POST /introspect with HTTP Basic client credentials (each exchange has its own client
+    id) and form `token=`: the one opaque token of the run is active, as OPAQUE_SUB of the
+    provider's issuer, for an hour; any other token is `{"active": false}`; wrong
+    credentials 401 `invalid_client`. Counts the introspections per client id."""
+
+    def __init__(self, token: str, clients: list[str]):
+        self.token, self.clients = token, set(clients)
+        self.counts: collections.Counter = collections.Counter()
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive with Envoy; every answer has a length
+
+            def log_message(self, *_args):
+                pass
+
+            def answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("cache-control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.answer(404, {"error": "not_found"})
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length > 65536:
+                    self.close_connection = True
+                    self.answer(413, {"error": "too_large"})
+                    return
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode(errors="replace"))
+                if self.path != INTROSPECT_PATH:
+                    self.answer(404, {"error": "not_found"})
+                    return
+                client = outer.client_of(self.headers.get("authorization") or "")
+                with outer.lock:
+                    outer.counts[client or "(refused)"] += 1
+                if client is None:
+                    self.answer(401, {"error": "invalid_client"})
+                    return
+                if form.get("token") != [outer.token]:
+                    self.answer(200, {"active": False})
+                    return
+                now = int(time.time())
+                self.answer(200, {
+                    "active": True, "sub": OPAQUE_SUB, "iss": ISSUER, "aud": AUDIENCE,
+                    "scope": "orders:read orders:write", "client_id": client,
+                    "token_type": "Bearer", "iat": now, "exp": now + 3600,
+                })
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.2}, daemon=True)
+        self.thread.start()
+        SERVERS.append(self)
+
+    def client_of(self, authorization: str) -> str | None:
+        """The client id of valid HTTP Basic credentials (RFC 6749 §2.3.1), else None."""
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            pair = base64.b64decode(value.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        client, _, secret = (urllib.parse.unquote_plus(x) for x in pair.partition(":"))
+        return client if client in self.clients and secret == EXCHANGE_SECRET else None
+
+    def count(self, client: str | None = None) -> int:
+        with self.lock:
+            return self.counts[client] if client else sum(self.counts.values())
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.counts)
+
+    def stop(self) -> None:
+        if self in SERVERS:
+            SERVERS.remove(self)
+            self.server.shutdown()  # returns once serve_forever has (within poll_interval)
+            self.server.server_close()
+            self.thread.join(timeout=10)
 
 
 # --- keys and tokens ----------------------------------------------------------------------
@@ -285,6 +415,26 @@ def ensure_tokens(keys: dict) -> dict:
     return files
 
 
+def ensure_mint_key() -> dict:
+    """The gateway's own signing key for the minted variant (private JWK), made by the CLI
+    in its own folder (keygen adds the public half to the folder's jwks.json)."""
+    out = WORK / "keys-mint"
+    path = out / f"{MINT_KID}.jwk"
+    if not path.exists():
+        log(f"keygen EdDSA (mint) into {out}")
+        run_cli(["keygen", "--alg", "EdDSA", "--kid", MINT_KID, "--out", str(out)])
+    return json.loads(path.read_text())
+
+
+def opaque_token_file() -> Path:
+    """One opaque token (not three base64url parts, so no provider takes it), new every
+    run: what the exchange variants send; only the introspection server knows it."""
+    path = WORK / "tokens" / "opaque.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("tgo_" + base64.urlsafe_b64encode(os.urandom(24)).decode() + "\n")
+    return path
+
+
 def jwks(keys: dict) -> dict:
     jwks_path = WORK / "keys" / "jwks.json"
     return json.loads(jwks_path.read_text())
@@ -355,10 +505,12 @@ def wasm_filter(plugin_name: str, vm_id: str, code: Path, configuration: str) ->
     }
 
 
-def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM) -> dict:
+def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
+                     exchanges: dict | None = None) -> dict:
     # The same checks as the jwt_authn variants: issuer, audience, signature, exp; the
     # token removed before the request goes on (jwt_authn's forward: false); no claims
-    # forwarded.
+    # forwarded. The exchange variants add `exchanges` to this same document (no rules:
+    # the implicit rule takes the provider or the exchange).
     document = {
         "realm": name,
         "providers": {"bench": {
@@ -368,7 +520,42 @@ def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM) -> di
             "algorithms": [alg],
         }},
     }
+    if exchanges:
+        document["exchanges"] = exchanges
     return wasm_filter(name, "tokengate", code, json.dumps(document))
+
+
+def exchange_document(kind: str, auth_port: int, mint_key: dict | None) -> dict:
+    """The `exchanges` of an exchange variant: introspection of the opaque token at the
+    harness's server through cluster `auth`, the answer held 3600 s; for tg-minted-hit
+    also `mint` (EdDSA), the minted JWT (for as long as the cache entry) in MINT_HEADER."""
+    name = EXCHANGES[kind]
+    exchange = {
+        "mode": "introspection",
+        "endpoint": {"uri": f"http://127.0.0.1:{auth_port}{INTROSPECT_PATH}",
+                     "cluster": "auth", "timeout_ms": 2000},
+        "client": {"id": f"bench-{name}", "secret": EXCHANGE_SECRET},
+        "provider": "bench",
+        "audiences": [AUDIENCE],
+        "cache": {"max_secs": EXCHANGE_CACHE_SECS},
+    }
+    if kind == "tg-minted-hit":
+        exchange["upstream"] = {"header": MINT_HEADER, "prefix": "Bearer "}
+        # ttl_secs bounds the cache entry too (default 300 s, less than a full run).
+        exchange["mint"] = {"issuer": MINT_ISSUER, "alg": "EdDSA", "key": mint_key,
+                            "ttl_secs": EXCHANGE_CACHE_SECS, "audience": MINT_AUDIENCE}
+    return {name: exchange}
+
+
+def auth_cluster(port: int) -> dict:
+    return {
+        "name": "auth",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "auth", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                        "port_value": port}}}}]}]},
+    }
 
 
 def floor_filter(name: str) -> dict:
@@ -395,10 +582,13 @@ def native_filter(keyset: dict, cache: bool) -> dict:
     }
 
 
-def envoy_config(admin_port: int, listeners: list) -> dict:
+def envoy_config(admin_port: int, listeners: list, clusters: list | None = None) -> dict:
+    resources: dict = {"listeners": listeners}
+    if clusters:
+        resources["clusters"] = clusters
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": listeners},
+        "static_resources": resources,
     }
 
 
@@ -416,6 +606,11 @@ class Variant:
     def tokengate(self) -> bool:
         return self.kind.startswith("tg")
 
+    @property
+    def exchange(self) -> str | None:
+        """The name of this listener's exchange (exchange variants only)."""
+        return EXCHANGES.get(self.kind)
+
 
 def variants() -> list[Variant]:
     out = []
@@ -426,24 +621,30 @@ def variants() -> list[Variant]:
             Variant("passthrough", alg, "cached", 200, "passthrough (router only)"),
             Variant("floor", alg, "cached", 200, "floor wasm filter"),
             Variant("tg-cached", alg, "cached", 200, "tokengate, cached (1 token)"),
+        ]
+        if alg == EXCHANGE_ALG:
+            # Right after the cached JWT they are judged against.
+            out += [
+                Variant("tg-exchange-hit", alg, "opaque", 200,
+                        "tokengate, introspection exchange, cache hit (1 opaque token)"),
+                Variant("tg-minted-hit", alg, "opaque", 200,
+                        "tokengate, introspection + minted EdDSA JWT, cache hit (1 opaque token)"),
+            ]
+        out += [
             Variant("native-cache", alg, "cached", 200, "jwt_authn + jwt_cache_config (1 token)"),
             Variant("native", alg, "cold", 200, "jwt_authn, no cache (unique tokens)"),
             Variant("tg-cold", alg, "cold", 200, "tokengate, cold (unique tokens)"),
             Variant("native-badsig", alg, "bad", 401, "jwt_authn, bad-signature flood"),
             Variant("tg-badsig", alg, "bad", 401, "tokengate, bad-signature flood"),
         ]
-    # EXCHANGE: once opaque-token exchanges exist (CONTRACT.md "exchanges"), add here a
-    # Variant("tg-exchange-hit", ...) whose listener's tokengate document has an
-    # `exchanges.opaque` entry pointing at a local introspection stub (a cluster on
-    # 127.0.0.1), driven with one opaque token repeated so the exchange cache answers,
-    # compared with tg-cached. Until then the report lists it as not measured.
     if ONLY:
         pattern = re.compile(ONLY)
         out = [v for v in out if pattern.search(v.name) or pattern.search(v.kind)]
     return out
 
 
-def filters_for(v: Variant, keyset: dict) -> list:
+def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
+                mint_key: dict | None = None) -> list:
     if v.kind == "passthrough":
         return []
     if v.kind == "floor":
@@ -452,6 +653,9 @@ def filters_for(v: Variant, keyset: dict) -> list:
         return [native_filter(keyset, cache=False)]
     if v.kind == "native-cache":
         return [native_filter(keyset, cache=True)]
+    if v.exchange:
+        return [tokengate_filter(v.name, v.alg, keyset,
+                                 exchanges=exchange_document(v.kind, auth_port, mint_key))]
     return [tokengate_filter(v.name, v.alg, keyset)]
 
 
@@ -608,7 +812,13 @@ def counter_delta(before: dict, after: dict, name: str) -> int:
     return after.get(name, 0) - before.get(name, 0)
 
 
+def introspections(v: Variant) -> int:
+    """The introspection server's count for this variant's exchange so far."""
+    return AUTH.count(f"bench-{v.exchange}") if AUTH and v.exchange else 0
+
+
 def measure(v: Variant, admin_port: int, token_files: dict, duration: float, round_no: int):
+    asked = introspections(v)
     before = stats(admin_port)
     result = run_wrk(v.port, token_files[(v.alg, v.tokens)], duration)
     after = stats(admin_port)
@@ -617,7 +827,16 @@ def measure(v: Variant, admin_port: int, token_files: dict, duration: float, rou
     result["rq_2xx"] = counter_delta(before, after, prefix + "downstream_rq_2xx")
     result["rq_4xx"] = counter_delta(before, after, prefix + "downstream_rq_4xx")
     result["rq_5xx"] = counter_delta(before, after, prefix + "downstream_rq_5xx")
-    if v.tokengate:
+    if v.exchange:
+        # The exchange's own cache counters (the JWT cache's do not move for opaque tokens).
+        exchange = f"wasmcustom.tokengate.exchange.{v.exchange}."
+        result["hit"] = counter_delta(before, after, exchange + "hit")
+        result["miss"] = counter_delta(before, after, exchange + "miss")
+        result["bad_signature"] = 0
+        result["introspections"] = introspections(v) - asked
+        if result["introspections"]:
+            v.warnings.append(f"round {round_no}: {result['introspections']} introspection(s)")
+    elif v.tokengate:
         result["hit"] = counter_delta(before, after, "wasmcustom.tokengate.cache.hit")
         result["miss"] = counter_delta(before, after, "wasmcustom.tokengate.cache.miss")
         result["bad_signature"] = counter_delta(
@@ -640,6 +859,8 @@ def measure(v: Variant, admin_port: int, token_files: dict, duration: float, rou
     extra = ""
     if v.tokengate and result["hit"] + result["miss"]:
         extra = f", cache hits {100 * result['hit'] / (result['hit'] + result['miss']):.0f}%"
+    if v.exchange:
+        extra += f", {result['introspections']} introspection(s)"
     log(f"round {round_no} {v.name:22s} {result['rps']:9.0f} req/s  "
         f"p50 {fmt_ms(result['p50'])}  p99 {fmt_ms(result['p99'])}{extra}")
 
@@ -653,23 +874,46 @@ def fmt_ms(value) -> str:
 # --- the phases ---------------------------------------------------------------------------
 
 def sanity(vs: list[Variant], token_files: dict) -> None:
-    """One request per listener: the status each variant is meant to see."""
+    """One request per listener: the status each variant is meant to see. An exchange
+    listener gets a second one, which its cache should answer without a callout."""
     failed = []
     for v in vs:
         token = token_files[(v.alg, v.tokens)].read_text().split("\n", 1)[0]
-        status, body = http_get(v.port, "/", {"authorization": f"Bearer {token}"})
-        if status != v.expect:
-            failed.append(f"{v.name}: {status} {body[:200]!r} (expected {v.expect})")
+        tries = 2 if v.exchange else 1
+        for i in range(tries):
+            asked = introspections(v)
+            status, body = http_get(v.port, "/", {"authorization": f"Bearer {token}"})
+            if status != v.expect:
+                failed.append(f"{v.name}: {status} {body[:200]!r} (expected {v.expect})")
+                break
+            if v.exchange and i == tries - 1 and introspections(v) != asked:
+                v.warnings.append("a repeated token was introspected again")
+        if v.exchange:
+            log(f"sanity: {v.name}: {introspections(v)} introspection(s) after {tries} requests")
     if failed:
         die("listeners answer wrongly, numbers would mean nothing:\n  " + "\n  ".join(failed))
 
 
 def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant]) -> dict:
+    global AUTH
     ports = free_ports(len(vs) + 1)
     admin_port = ports[0]
     for v, port in zip(vs, ports[1:]):
         v.port = port
-    config = envoy_config(admin_port, [listener(v.name, v.port, filters_for(v, keyset)) for v in vs])
+    exchanging = [v for v in vs if v.exchange]
+    clusters, auth_port, mint_key = [], 0, None
+    if exchanging:
+        opaque = token_files[(EXCHANGE_ALG, "opaque")].read_text().split("\n", 1)[0]
+        AUTH = Introspection(opaque, [f"bench-{v.exchange}" for v in exchanging])
+        auth_port = AUTH.port
+        clusters = [auth_cluster(auth_port)]
+        log(f"introspection server on 127.0.0.1:{auth_port}{INTROSPECT_PATH}")
+        if any(v.kind == "tg-minted-hit" for v in exchanging):
+            mint_key = ensure_mint_key()
+    config = envoy_config(
+        admin_port,
+        [listener(v.name, v.port, filters_for(v, keyset, auth_port, mint_key)) for v in vs],
+        clusters)
     log(f"starting Envoy with {len(vs)} listeners (admin 127.0.0.1:{admin_port})")
     proc = start_envoy(cmd, config, "bench")
     info: dict = {}
@@ -681,14 +925,23 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         except OSError:
             info["envoy_binary"] = None
         sanity(vs, token_files)
+        calls: dict = {"sanity": {v.name: introspections(v) for v in exchanging}}
         if WARMUP > 0:
             log(f"warm-up: {WARMUP:g} s per variant")
             for v in vs:
                 run_wrk(v.port, token_files[(v.alg, v.tokens)], WARMUP)
+        calls["warm-up"] = {v.name: introspections(v) for v in exchanging}
         for r in range(1, ROUNDS + 1):
             order = vs if r % 2 == 1 else list(reversed(vs))
             for v in order:
                 measure(v, admin_port, token_files, DURATION, r)
+        if exchanging:
+            calls["total"] = {v.name: introspections(v) for v in exchanging}
+            calls["by_client"] = AUTH.snapshot()
+            info["introspection"] = calls
+            log("introspection requests (after sanity / after warm-up / in all): " + ", ".join(
+                f"{v.name} {calls['sanity'][v.name]} / {calls['warm-up'][v.name]} / "
+                f"{calls['total'][v.name]}" for v in exchanging))
         info["memory"] = memory_phase(vs, admin_port, pid, token_files)
         info["wasm_stats"] = {k: v for k, v in stats(admin_port).items()
                               if k.startswith("wasm.") and "tokengate" not in k}
@@ -697,6 +950,8 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         info["module_version"] = f"{m.group(1)} (revision {m.group(2)})" if m else None
     finally:
         stop(proc)
+        if AUTH:
+            AUTH.stop()
     return info
 
 
@@ -918,8 +1173,18 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         f"caches {FILTER_CACHE_ENTRIES} per worker), bad signature = {BAD_TOKENS} tokens signed "
         f"by another key with the same kid; native cache: `jwt_cache_size: {NATIVE_CACHE_SIZE}`",
         f"- run time {elapsed / 60:.1f} min",
-        "",
     ]
+    calls = info.get("introspection") or {}
+    if calls:
+        asked = ", ".join(f"{name} {calls['total'][name]} ({calls['sanity'][name]} by the sanity "
+                          "check)" for name in calls["total"])
+        lines.append(
+            f"- exchange rows: one opaque token, `introspection` (RFC 7662) at a stdlib server "
+            f"on 127.0.0.1 through cluster `auth`, `cache.max_secs` {EXCHANGE_CACHE_SECS}; "
+            f"provider, `audiences` and `forward` as the {EXCHANGE_ALG} JWT rows; minted: "
+            f"EdDSA, `ttl_secs` {EXCHANGE_CACHE_SECS}, into `{MINT_HEADER}` (the one row that "
+            f"sets a header upstream). Introspection requests in the whole run: {asked}")
+    lines.append("")
     # Busy: others' work before the start, or more than Envoy and wrk (about 2) at the end.
     try:
         first, last = float(env["load_start"].split()[0]), float(env["load_end"].split()[0])
@@ -932,8 +1197,9 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
                   "about 2 during the run): expect noise, compare only ratios from this run.",
                   ""]
     lines += [
-        "| variant | alg | req/s | per round | p50 | p99 | × passthrough | × floor | × native | notes |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| variant | alg | req/s | per round | p50 | p99 | × passthrough | × floor | × native "
+        "| × cached JWT | notes |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for v in vs:
         s = by.get((v.kind, v.alg))
@@ -942,9 +1208,15 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         rp = ratio(v.kind, v.alg, "passthrough")
         rf = ratio(v.kind, v.alg, "floor") if v.kind not in ("passthrough",) else None
         rn = ratio(v.kind, v.alg, native_base[v.kind]) if v.kind in native_base else None
+        rc = ratio(v.kind, v.alg, "tg-cached") if v.exchange else None
         notes = []
         if s.get("hit_rate") is not None:
-            notes.append(f"cache hits {100 * s['hit_rate']:.0f}%")
+            notes.append(f"{'exchange ' if v.exchange else ''}cache hits "
+                         f"{100 * s['hit_rate']:.0f}%")
+        if v.exchange and calls:
+            during = sum(r.get("introspections", 0) for r in v.runs)
+            notes.append(f"introspections {calls['total'].get(v.name, 0)} in all, "
+                         f"{during} during the rounds")
         if s.get("all_miss_rps") and (s.get("hit_rate") or 0) >= 0.02:
             notes.append(f"all misses ≈ {s['all_miss_rps']:.0f} req/s (estimated)")
         if s["spread"] > 0.10:
@@ -955,9 +1227,7 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
             f"| {v.label} | {v.alg} | {s['rps']:.0f} | "
             f"{' / '.join(f'{x:.0f}' for x in s['rounds'])} | {fmt_ms(s['p50'])} | "
             f"{fmt_ms(s['p99'])} | {fmt_r(rp)} | {fmt_r(rf if v.kind != 'floor' else None)} | "
-            f"{fmt_r(rn)} | {'; '.join(notes)} |")
-    lines.append("| tokengate, opaque-token exchange cache hit | – | – | – | – | – | – | – | – | "
-                 "not measured: exchanges are not implemented yet (bench/run.py, EXCHANGE) |")
+            f"{fmt_r(rn)} | {fmt_r(rc)} | {'; '.join(notes)} |")
 
     targets = []
 
@@ -969,6 +1239,12 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         if r is not None:
             target(f"cached valid token vs floor filter, {alg}", f"{r:.3f}×",
                    f"≥ {TARGET_CACHED_VS_FLOOR}×", r >= TARGET_CACHED_VS_FLOOR)
+    for kind, what in (("tg-exchange-hit", "opaque-token exchange cache hit"),
+                       ("tg-minted-hit", "exchange + minted JWT cache hit")):
+        r = ratio(kind, EXCHANGE_ALG, "tg-cached")
+        if r is not None:
+            target(f"{what} vs cached valid JWT ({EXCHANGE_ALG})", f"{r:.3f}×",
+                   f"≥ {TARGET_EXCHANGE_VS_CACHED}×", r >= TARGET_EXCHANGE_VS_CACHED)
     for alg, goal in TARGET_COLD_VS_NATIVE.items():
         r = ratio("tg-cold", alg, "native")
         if r is None:
@@ -1028,8 +1304,6 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
             measured = f"Envoy RSS {rss_series} MiB (wasm memories not found); {floods}"
         target("memory under floods of unique tokens, caches full", measured,
                f"grows ≤ {TARGET_FLAT_BYTES >> 20} MiB", growth <= TARGET_FLAT_BYTES)
-    target("opaque-token exchange cache hit", "not measured (exchanges not implemented)",
-           "–", None)
 
     lines += ["", "## Targets", "", "| target | measured | goal | |", "|---|---|---|---|"]
     lines += [f"| {n} | {m} | {g} | {verdict(ok)} |" for n, m, g, ok in targets]
@@ -1040,7 +1314,9 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         "after the variant it is judged against, so both see the same moment of the machine). × native "
         "compares a tokengate row with the jwt_authn row of the same load (cached with "
         "jwt_authn + cache, cold with jwt_authn without cache, bad signatures with bad "
-        "signatures). Cold rows: the filter's cache may still answer a few requests of a "
+        "signatures). × cached JWT compares an exchange row with tokengate's cached-JWT row of "
+        "the same algorithm: one opaque token answered from the exchange's cache vs one JWT "
+        "answered from the JWT cache. Cold rows: the filter's cache may still answer a few requests of a "
         "cycling list, so the cold targets are judged on an estimate with every request a miss: per round, "
         "1/miss = (1/cold − h/cached) / (1 − h), h the hit rate seen, the cached row's req/s "
         "the cost of a hit. Memory: the size of each wasm VM's linear memory (tokengate's and the "
@@ -1090,6 +1366,7 @@ def main() -> int:
     cmd = envoy_command()
     keys = ensure_keys()
     token_files = ensure_tokens(keys)
+    token_files[(EXCHANGE_ALG, "opaque")] = opaque_token_file()
     keyset = jwks(keys)
     vs = variants()
     if not vs:
