@@ -130,14 +130,15 @@ pub enum Ask {
 pub trait PolicyService {
     /// The decision for `input` (keyed by `key`); when there is none and `may_start`,
     /// starts the callout (then `Pending`).
-    fn ask(&self, key: [u8; 32], input: &str, may_start: bool) -> Ask;
+    /// `input` builds the input document; called only when the service is asked.
+    fn ask(&self, key: [u8; 32], input: &dyn Fn() -> String, may_start: bool) -> Ask;
 }
 
 /// For configurations without `authz_service` (and for tests).
 pub struct NoPolicy;
 
 impl PolicyService for NoPolicy {
-    fn ask(&self, _: [u8; 32], _: &str, _: bool) -> Ask {
+    fn ask(&self, _: [u8; 32], _: &dyn Fn() -> String, _: bool) -> Ask {
         Ask::Failed
     }
 }
@@ -436,8 +437,7 @@ impl Step<'_> {
             }
         }
         if let (true, Some(service)) = (rule.central, &config.authz_service) {
-            let named =
-                identity.map(|i| (self.authenticator_name(i.authenticator), i.claims.as_ref()));
+            let named = identity.map(|i| (self.authenticator_name(i.authenticator), i));
             let hidden: Vec<&str> = config
                 .providers
                 .iter()
@@ -465,9 +465,13 @@ impl Step<'_> {
                     Some((name.as_str(), value?))
                 })
                 .collect();
-            let input = central::input(self.request, self.path, &headers, &hidden, named);
-            let key = central::input_key(&input);
-            match self.services.policy.ask(key, &input, !self.waited) {
+            let asked = central::Asked::new(self.request, self.path, headers, &hidden, named);
+            let key = asked.key();
+            match self
+                .services
+                .policy
+                .ask(key, &|| asked.input(), !self.waited)
+            {
                 Ask::Decided { decision, cached } => {
                     if cached {
                         counters.push(Counter::AuthzService(AuthzEvent::CacheHit));
@@ -703,11 +707,11 @@ fn authenticate(
     let headers = provider
         .forward
         .identity_headers(&verified.claims, &verified.payload_segment);
-    let identity = Rc::new(Identity {
-        authenticator: Authenticator::Provider(id),
+    let identity = Rc::new(Identity::new(
+        Authenticator::Provider(id),
         headers,
-        claims: Rc::new(verified.claims),
-    });
+        Rc::new(verified.claims),
+    ));
     cache.insert(
         id,
         token,
@@ -795,11 +799,11 @@ fn identity_of(
     if let (Some(upstream), Some(jwt)) = (&exchange.upstream, jwt) {
         headers.push((upstream.header.clone(), format!("{}{jwt}", upstream.prefix)));
     }
-    Rc::new(Identity {
-        authenticator: Authenticator::Exchange(id),
+    Rc::new(Identity::new(
+        Authenticator::Exchange(id),
         headers,
-        claims: Rc::new(claims),
-    })
+        Rc::new(claims),
+    ))
 }
 
 fn refuse(
@@ -1656,8 +1660,8 @@ mod authz_tests {
     }
 
     impl PolicyService for FakePolicy {
-        fn ask(&self, _: [u8; 32], input: &str, may_start: bool) -> Ask {
-            self.inputs.borrow_mut().push((input.to_owned(), may_start));
+        fn ask(&self, _: [u8; 32], input: &dyn Fn() -> String, may_start: bool) -> Ask {
+            self.inputs.borrow_mut().push((input(), may_start));
             self.answer.clone()
         }
     }

@@ -63,7 +63,7 @@ pub struct HostPolicy<'a> {
 }
 
 impl PolicyService for HostPolicy<'_> {
-    fn ask(&self, key: [u8; 32], input: &str, may_start: bool) -> Ask {
+    fn ask(&self, key: [u8; 32], input: &dyn Fn() -> String, may_start: bool) -> Ask {
         let state = self.state;
         let Some(service) = &state.config.authz_service else {
             return Ask::Failed;
@@ -105,7 +105,7 @@ impl PolicyService for HostPolicy<'_> {
         match hostcalls::dispatch_http_call(
             &service.cluster,
             headers,
-            Some(input.as_bytes()),
+            Some(input().as_bytes()),
             vec![],
             Duration::from_millis(service.timeout_ms),
         ) {

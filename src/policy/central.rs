@@ -8,8 +8,10 @@
 //! cache, keyed by the whole input, can hit on repeats.
 
 use crate::remote::Uri;
+use crate::token::cache::Identity;
 use crate::token::extract::{percent_decode, Request};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -65,64 +67,136 @@ impl DecisionError {
     }
 }
 
-/// The input document, as JSON text (the cache key is its hash).
-///
-/// `headers` are the included headers' values as the upstream will see them (an
-/// identity header with the filter's value, never the client's). `hidden` names query
-/// parameters that carry tokens: they are left out of both the path and `parsed_query`,
-/// so a token in the query never reaches the policy.
-pub fn input(
-    request: &Request,
-    path: &str,
-    headers: &[(&str, &str)],
-    hidden: &[&str],
-    identity: Option<(&str, &Map<String, Value>)>,
-) -> String {
-    let headers: Map<String, Value> = headers
-        .iter()
-        .map(|(name, value)| ((*name).to_owned(), json!(value)))
-        .collect();
-    let (raw_path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
-    let mut shown_path = raw_path.to_owned();
-    let mut parsed_query: Map<String, Value> = Map::new();
-    let mut first = true;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name).unwrap_or_else(|| name.to_owned());
-        if hidden.contains(&name.as_str()) {
-            continue;
-        }
-        shown_path.push(if first { '?' } else { '&' });
-        shown_path.push_str(pair);
-        first = false;
-        let value = percent_decode(value).unwrap_or_else(|| value.to_owned());
-        if let Value::Array(values) = parsed_query.entry(name).or_insert_with(|| json!([])) {
-            values.push(json!(value));
-        }
-    }
-    let parsed_path: Vec<&str> = super::paths::segments(path);
-    let identity = match identity {
-        Some((provider, claims)) => json!({"provider": provider, "claims": claims}),
-        None => Value::Null,
-    };
-    json!({"input": {
-        "attributes": {"request": {"http": {
-            "method": request.method,
-            "path": shown_path,
-            "host": request.host,
-            "headers": headers,
-        }}},
-        "parsed_path": parsed_path,
-        "parsed_query": parsed_query,
-        "identity": identity,
-    }})
-    .to_string()
+/// What of a request the policy sees, gathered once. The decision cache's key is
+/// computed from it on every request; the input document only when the service is
+/// asked (building it, claims included, cost more than the rest of a cached request).
+pub struct Asked<'a> {
+    method: &'a str,
+    host: &'a str,
+    /// `:path` less the query parameters that carry tokens.
+    shown_path: Cow<'a, str>,
+    /// The normalized path, for `parsed_path`.
+    path: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+    identity: Option<(&'a str, &'a Identity)>,
 }
 
-/// The decision cache's key for an input: its full SHA-256, so two inputs (and so two
-/// identities) never share a decision.
-pub fn input_key(input: &str) -> [u8; 32] {
-    hmac_sha256::Hash::hash(input.as_bytes())
+impl<'a> Asked<'a> {
+    /// `headers` are the included headers' values as the upstream will see them (an
+    /// identity header with the filter's value, never the client's). `hidden` names query
+    /// parameters that carry tokens: they are left out of both the path and
+    /// `parsed_query`, so a token in the query never reaches the policy. `identity` is
+    /// the provider's or exchange's name and the identity it vouched for.
+    pub fn new(
+        request: &'a Request,
+        path: &'a str,
+        headers: Vec<(&'a str, &'a str)>,
+        hidden: &[&str],
+        identity: Option<(&'a str, &'a Identity)>,
+    ) -> Asked<'a> {
+        let shown_path = match request.path.split_once('?') {
+            Some((raw_path, query)) if query_has(query, hidden) => {
+                let mut shown = raw_path.to_owned();
+                let mut first = true;
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    if !hidden.contains(&param_name(pair).as_str()) {
+                        shown.push(if first { '?' } else { '&' });
+                        shown.push_str(pair);
+                        first = false;
+                    }
+                }
+                Cow::Owned(shown)
+            }
+            _ => Cow::Borrowed(request.path.as_str()),
+        };
+        Asked {
+            method: &request.method,
+            host: &request.host,
+            shown_path,
+            path,
+            headers,
+            identity,
+        }
+    }
+
+    /// The decision cache's key: SHA-256 over every part of the input (the claims by
+    /// their digest), each with its length, so two inputs (and so two identities)
+    /// never share a decision.
+    pub fn key(&self) -> [u8; 32] {
+        let mut hash = hmac_sha256::Hash::new();
+        let mut part = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        part(self.method.as_bytes());
+        part(self.host.as_bytes());
+        part(self.shown_path.as_bytes());
+        for (name, value) in &self.headers {
+            part(name.as_bytes());
+            part(value.as_bytes());
+        }
+        match self.identity {
+            Some((provider, identity)) => {
+                part(provider.as_bytes());
+                part(identity.claims_digest());
+            }
+            None => part(b"\0anonymous"),
+        }
+        hash.finalize()
+    }
+
+    /// The input document, as JSON text.
+    pub fn input(&self) -> String {
+        let headers: Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), json!(value)))
+            .collect();
+        let query = self.shown_path.split_once('?').map_or("", |(_, q)| q);
+        let mut parsed_query: Map<String, Value> = Map::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let value = pair.split_once('=').map_or("", |(_, v)| v);
+            let value = percent_decode(value).unwrap_or_else(|| value.to_owned());
+            let entry = parsed_query
+                .entry(param_name(pair))
+                .or_insert_with(|| json!([]));
+            if let Value::Array(values) = entry {
+                values.push(json!(value));
+            }
+        }
+        let parsed_path: Vec<&str> = super::paths::segments(self.path);
+        let identity = match self.identity {
+            Some((provider, identity)) => {
+                json!({"provider": provider, "claims": identity.claims.as_ref()})
+            }
+            None => Value::Null,
+        };
+        json!({"input": {
+            "attributes": {"request": {"http": {
+                "method": self.method,
+                "path": self.shown_path,
+                "host": self.host,
+                "headers": headers,
+            }}},
+            "parsed_path": parsed_path,
+            "parsed_query": parsed_query,
+            "identity": identity,
+        }})
+        .to_string()
+    }
+}
+
+/// A query parameter's name, percent-decoded (as it was written if it can't be).
+fn param_name(pair: &str) -> String {
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    percent_decode(name).unwrap_or_else(|| name.to_owned())
+}
+
+fn query_has(query: &str, names: &[&str]) -> bool {
+    !names.is_empty()
+        && query
+            .split('&')
+            .any(|pair| names.contains(&param_name(pair).as_str()))
 }
 
 /// Reads the service's answer: `{"result": true|false}`, `{"result": {"allow": …,
@@ -293,6 +367,12 @@ impl DecisionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::rules::Authenticator;
+
+    fn identity(claims: Value) -> Identity {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        Identity::new(Authenticator::Provider(0), vec![], Rc::new(claims))
+    }
 
     #[test]
     fn the_input_has_the_opa_envoy_shape_and_only_the_named_headers() {
@@ -305,15 +385,9 @@ mod tests {
                 ("authorization".into(), "Bearer secret".into()),
             ],
         };
-        let claims = json!({"sub": "alice"}).as_object().unwrap().clone();
-        let included = [("x-tenant", "acme")];
-        let text = input(
-            &request,
-            "/users/42",
-            &included,
-            &[],
-            Some(("corp", &claims)),
-        );
+        let alice = identity(json!({"sub": "alice"}));
+        let included = vec![("x-tenant", "acme")];
+        let text = Asked::new(&request, "/users/42", included, &[], Some(("corp", &alice))).input();
         let doc: Value = serde_json::from_str(&text).unwrap();
         let http = &doc["input"]["attributes"]["request"]["http"];
         assert_eq!(http["method"], "GET");
@@ -339,7 +413,8 @@ mod tests {
             path: "/r?page=2&access_token=secret.jwt.value&x=1".into(),
             ..Request::default()
         };
-        let text = input(&request, "/r", &[], &["access_token"], None);
+        let asked = Asked::new(&request, "/r", vec![], &["access_token"], None);
+        let text = asked.input();
         assert!(!text.contains("secret"), "{text}");
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -359,12 +434,26 @@ mod tests {
             path: "/".into(),
             ..Request::default()
         };
-        let a = json!({"sub": "alice"}).as_object().unwrap().clone();
-        let b = json!({"sub": "bob"}).as_object().unwrap().clone();
-        assert_ne!(
-            input_key(&input(&request, "/", &[], &[], Some(("corp", &a)))),
-            input_key(&input(&request, "/", &[], &[], Some(("corp", &b))))
+        let (alice, bob) = (
+            identity(json!({"sub": "alice"})),
+            identity(json!({"sub": "bob"})),
         );
+        let key = |who| Asked::new(&request, "/", vec![], &[], Some(("corp", who))).key();
+        assert_ne!(key(&alice), key(&bob));
+        let alice_again = identity(json!({"sub": "alice"}));
+        assert_eq!(key(&alice), key(&alice_again));
+        assert_ne!(
+            key(&alice),
+            Asked::new(&request, "/", vec![], &[], None).key()
+        );
+        let with_header = Asked::new(
+            &request,
+            "/",
+            vec![("x-tenant", "a")],
+            &[],
+            Some(("corp", &alice)),
+        );
+        assert_ne!(key(&alice), with_header.key());
     }
 
     #[test]

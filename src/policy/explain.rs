@@ -122,8 +122,8 @@ struct Recorder {
 }
 
 impl PolicyService for Recorder {
-    fn ask(&self, _: [u8; 32], input: &str, _: bool) -> Ask {
-        *self.input.borrow_mut() = Some(input.to_owned());
+    fn ask(&self, _: [u8; 32], input: &dyn Fn() -> String, _: bool) -> Ask {
+        *self.input.borrow_mut() = Some(input());
         let allow = match self.answer {
             CentralAnswer::Allow => true,
             CentralAnswer::Deny => false,

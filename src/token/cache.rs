@@ -5,6 +5,7 @@
 use crate::policy::rules::Authenticator;
 use crate::token::jwt::Lifetime;
 use serde_json::{Map, Value};
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -53,6 +54,31 @@ pub struct Identity {
     /// Header values to set upstream, precomputed from the claims.
     pub headers: Vec<(String, String)>,
     pub claims: Rc<Map<String, Value>>,
+    /// SHA-256 of the claims JSON, computed at the first central decision and kept with
+    /// the cached identity: the decision cache's key holds it instead of the claims.
+    pub claims_digest: OnceCell<[u8; 32]>,
+}
+
+impl Identity {
+    pub fn new(
+        authenticator: Authenticator,
+        headers: Vec<(String, String)>,
+        claims: Rc<Map<String, Value>>,
+    ) -> Identity {
+        Identity {
+            authenticator,
+            headers,
+            claims,
+            claims_digest: OnceCell::new(),
+        }
+    }
+
+    pub fn claims_digest(&self) -> &[u8; 32] {
+        self.claims_digest.get_or_init(|| {
+            let json = serde_json::to_vec(self.claims.as_ref()).unwrap_or_default();
+            hmac_sha256::Hash::hash(&json)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,11 +212,11 @@ mod tests {
                 exp: Some(exp),
                 nbf: None,
             },
-            identity: Rc::new(Identity {
-                authenticator: Authenticator::Provider(0),
-                headers: vec![],
-                claims: Rc::new(Map::new()),
-            }),
+            identity: Rc::new(Identity::new(
+                Authenticator::Provider(0),
+                vec![],
+                Rc::new(Map::new()),
+            )),
         }
     }
 
