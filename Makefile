@@ -114,9 +114,11 @@ oci-test: oci cli envoy
 		deploy/oci/test.sh
 
 # Benchmark (not a test: never fails on a number): one pinned Envoy, a listener per
-# variant (passthrough, floor filter, jwt_authn, tokengate cached/cold/bad signature),
-# wrk on another CPU; writes bench/results/latest.md. See bench/README.md.
-bench: build cli envoy
+# variant (passthrough, floor filter, jwt_authn, tokengate cached/cold/bad signature,
+# exchanges, authorization), wrk on another CPU; writes bench/results/latest.md. See
+# bench/README.md. `.ci/deps --bench`: Envoy (as `make envoy`) and wrk, when missing.
+bench: build cli
+	@.ci/deps --bench
 	ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) TOKENGATE_WASM=$(abspath $(WASM)) \
 		WASM_OPT="$(WASM_OPT)" python3 bench/run.py
 

@@ -30,6 +30,13 @@ And two more next to EdDSA's tg-cached, which they are judged against (≥ 0.9×
                     `auth`, that counts the callouts (about one per VM: the first request)
   tg-minted-hit     the same exchange with `mint` (EdDSA, a key from `tokengate keygen`):
                     a cached hit also sets the minted JWT in `x-internal-jwt`
+And two authorization rows next to EdDSA's tg-cached, the same provider and token:
+  tg-authz-3        a rule whose `authz` is three conditions that hold (a scope word, a
+                    `sub` prefix, the `x-tenant` header every variant sends): ≥ 0.95×
+  tg-central-hit    the same rule with `central: true`: the policy service (a stdlib
+                    server in this process answering OPA's `POST /v1/data/...` with
+                    `{"result": true}`, through an Envoy cluster `opa`) is asked about once
+                    per VM, then the decision cache (`cache_secs` 3600) answers: ≥ 0.9×
 
 Settings (environment): BENCH_DURATION (s, 5), BENCH_CONNECTIONS (16), BENCH_THREADS
 (wrk threads, 1), BENCH_ROUNDS (2), BENCH_WARMUP (s per variant before round 1, 1),
@@ -132,11 +139,30 @@ MINT_ISSUER = "https://gateway.bench.internal"
 MINT_AUDIENCE = "bench-internal"
 MINT_HEADER = "x-internal-jwt"
 
+# Authorization (README "Authorization"): a rule with three `authz` conditions that hold
+# for the cached token (its `scope` and `sub` are minted above; TENANT_HEADER is sent
+# with every request of every variant by bench/tokens.lua), and the same rule with
+# `central: true` asking the harness's policy server, whose decisions are cached for the
+# whole run. Their provider is the AUTHZ_ALG JWT variants' and their rows are judged
+# against that algorithm's tg-cached row. Kind -> the rule's name (its own
+# `wasmcustom.tokengate.rule.<name>.*` counters).
+AUTHZ = {"tg-authz-3": "authz3", "tg-central-hit": "central"}
+AUTHZ_ALG = "EdDSA"
+TENANT_HEADER, TENANT = "x-tenant", "acme"  # as bench/tokens.lua sends it
+AUTHZ_TREE = {"all": [
+    {"claim": "scope", "contains": "orders:read"},
+    {"claim": "sub", "prefix": "cached-"},
+    {"header": TENANT_HEADER, "equals": TENANT},
+]}
+POLICY_PATH = "/v1/data/envoy/authz/allow"
+POLICY_CACHE_SECS = 3600  # authz_service.cache_secs (the most it takes): the whole run
+
 # Targets (the issue's). Ratios are of mean req/s.
 TARGET_CACHED_VS_FLOOR = 0.95
 TARGET_COLD_VS_NATIVE = {"RS256": 0.5, "ES256": 0.3, "EdDSA": 1.0}
 TARGET_BAD_VS_NATIVE = {"RS256": 0.5, "EdDSA": 0.5}
 TARGET_EXCHANGE_VS_CACHED = 0.9  # an exchange cache hit vs a cached JWT (tg-cached)
+TARGET_AUTHZ_VS_CACHED = {"tg-authz-3": 0.95, "tg-central-hit": 0.9}  # vs tg-cached
 TARGET_OPT_BYTES = 500 * 1000  # "500 KB", read strictly as 500,000 bytes
 TARGET_START_FACTOR, TARGET_START_EXTRA_MS = 2.0, 500.0
 # "Flat": after the caches are full, further floods of unique tokens grow the wasm VMs'
@@ -214,8 +240,9 @@ def http_get(port: int, path: str = "/", headers: dict | None = None, timeout: f
 
 # --- the introspection endpoint -----------------------------------------------------------
 
-SERVERS: list["Introspection"] = []
+SERVERS: list = []  # the stdlib servers running (Introspection, Policy)
 AUTH: "Introspection | None" = None  # the main run's, while it runs
+POLICY: "Policy | None" = None  # the main run's, while it runs
 
 
 class Introspection:
@@ -309,6 +336,85 @@ class Introspection:
         if self in SERVERS:
             SERVERS.remove(self)
             self.server.shutdown()  # returns once serve_forever has (within poll_interval)
+            self.server.server_close()
+            self.thread.join(timeout=10)
+
+
+class Policy:
+    """A stand-in for OPA's data API for the central variant, on 127.0.0.1 in a thread of
+    this process (a handful of callouts a run, like the introspection server).
+
+    POST /v1/data/<anything> with a JSON body holding an `input` object that has the
+    identity tokengate verified: `{"result": true}` (allow); any other body: 400. Counts
+    the requests (all of them, per path) and keeps the last input for the report."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+        self.last_input: dict | None = None
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive with Envoy; every answer has a length
+
+            def log_message(self, *_args):
+                pass
+
+            def answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.answer(404, {})
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length > 65536:
+                    self.close_connection = True
+                    self.answer(413, {})
+                    return
+                body = self.rfile.read(length)
+                with outer.lock:
+                    outer.counts[self.path] += 1
+                if not self.path.startswith("/v1/data/"):
+                    self.answer(404, {})
+                    return
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    doc = None
+                given = doc.get("input") if isinstance(doc, dict) else None
+                if not isinstance(given, dict) or not isinstance(given.get("identity"), dict):
+                    self.answer(400, {"code": "invalid_parameter"})
+                    return
+                with outer.lock:
+                    outer.last_input = given
+                self.answer(200, {"result": True})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.2}, daemon=True)
+        self.thread.start()
+        SERVERS.append(self)
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(self.counts.values())
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.counts)
+
+    def stop(self) -> None:
+        if self in SERVERS:
+            SERVERS.remove(self)
+            self.server.shutdown()
             self.server.server_close()
             self.thread.join(timeout=10)
 
@@ -506,7 +612,8 @@ def wasm_filter(plugin_name: str, vm_id: str, code: Path, configuration: str) ->
 
 
 def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
-                     exchanges: dict | None = None) -> dict:
+                     exchanges: dict | None = None, rules: list | None = None,
+                     authz_service: dict | None = None) -> dict:
     # The same checks as the jwt_authn variants: issuer, audience, signature, exp; the
     # token removed before the request goes on (jwt_authn's forward: false); no claims
     # forwarded. The exchange variants add `exchanges` to this same document (no rules:
@@ -522,7 +629,27 @@ def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
     }
     if exchanges:
         document["exchanges"] = exchanges
+    if rules:
+        document["rules"] = rules
+    if authz_service:
+        document["authz_service"] = authz_service
     return wasm_filter(name, "tokengate", code, json.dumps(document))
+
+
+def authz_document(kind: str, policy_port: int) -> tuple[list, dict | None]:
+    """The `rules` (and `authz_service`) of an authorization variant: one rule for every
+    request, the cached-JWT variant's provider, AUTHZ_TREE; for tg-central-hit also
+    `central: true`, asking the harness's policy server through cluster `opa`, decisions
+    kept POLICY_CACHE_SECS. The input holds the `x-tenant` header (a real policy would
+    read it) and the same method, path, host and identity on every request: one input."""
+    rule = {"name": AUTHZ[kind], "match": {}, "authn": {"any": ["bench"]}, "authz": AUTHZ_TREE}
+    service = None
+    if kind == "tg-central-hit":
+        rule["central"] = True
+        service = {"uri": f"http://127.0.0.1:{policy_port}{POLICY_PATH}", "cluster": "opa",
+                   "timeout_ms": 2000, "cache_secs": POLICY_CACHE_SECS, "on_error": "deny",
+                   "include_headers": [TENANT_HEADER]}
+    return [rule], service
 
 
 def exchange_document(kind: str, auth_port: int, mint_key: dict | None) -> dict:
@@ -547,12 +674,12 @@ def exchange_document(kind: str, auth_port: int, mint_key: dict | None) -> dict:
     return {name: exchange}
 
 
-def auth_cluster(port: int) -> dict:
+def auth_cluster(port: int, name: str = "auth") -> dict:
     return {
-        "name": "auth",
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "auth", "endpoints": [{"lb_endpoints": [{
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                         "port_value": port}}}}]}]},
     }
@@ -611,6 +738,15 @@ class Variant:
         """The name of this listener's exchange (exchange variants only)."""
         return EXCHANGES.get(self.kind)
 
+    @property
+    def rule(self) -> str | None:
+        """The name of this listener's rule (authorization variants only)."""
+        return AUTHZ.get(self.kind)
+
+    @property
+    def central(self) -> bool:
+        return self.kind == "tg-central-hit"
+
 
 def variants() -> list[Variant]:
     out = []
@@ -622,6 +758,15 @@ def variants() -> list[Variant]:
             Variant("floor", alg, "cached", 200, "floor wasm filter"),
             Variant("tg-cached", alg, "cached", 200, "tokengate, cached (1 token)"),
         ]
+        if alg == AUTHZ_ALG:
+            # Right after the cached JWT they are judged against: the same token.
+            out += [
+                Variant("tg-authz-3", alg, "cached", 200,
+                        "tokengate, cached (1 token), rule with 3 `authz` conditions"),
+                Variant("tg-central-hit", alg, "cached", 200,
+                        "tokengate, cached (1 token), 3 conditions + `central`, "
+                        "decision cache hit"),
+            ]
         if alg == EXCHANGE_ALG:
             # Right after the cached JWT they are judged against.
             out += [
@@ -644,7 +789,7 @@ def variants() -> list[Variant]:
 
 
 def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
-                mint_key: dict | None = None) -> list:
+                mint_key: dict | None = None, policy_port: int = 0) -> list:
     if v.kind == "passthrough":
         return []
     if v.kind == "floor":
@@ -656,6 +801,9 @@ def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
     if v.exchange:
         return [tokengate_filter(v.name, v.alg, keyset,
                                  exchanges=exchange_document(v.kind, auth_port, mint_key))]
+    if v.rule:
+        rules, service = authz_document(v.kind, policy_port)
+        return [tokengate_filter(v.name, v.alg, keyset, rules=rules, authz_service=service)]
     return [tokengate_filter(v.name, v.alg, keyset)]
 
 
@@ -817,8 +965,14 @@ def introspections(v: Variant) -> int:
     return AUTH.count(f"bench-{v.exchange}") if AUTH and v.exchange else 0
 
 
+def policy_calls(v: Variant | None = None) -> int:
+    """The policy server's count so far (for a variant: only if it is the central one)."""
+    return POLICY.count() if POLICY and (v is None or v.central) else 0
+
+
 def measure(v: Variant, admin_port: int, token_files: dict, duration: float, round_no: int):
     asked = introspections(v)
+    asked_policy = policy_calls(v)
     before = stats(admin_port)
     result = run_wrk(v.port, token_files[(v.alg, v.tokens)], duration)
     after = stats(admin_port)
@@ -841,6 +995,24 @@ def measure(v: Variant, admin_port: int, token_files: dict, duration: float, rou
         result["miss"] = counter_delta(before, after, "wasmcustom.tokengate.cache.miss")
         result["bad_signature"] = counter_delta(
             before, after, "wasmcustom.tokengate.denied.bad_signature")
+    if v.rule:
+        rule = f"wasmcustom.tokengate.rule.{v.rule}."
+        result["rule_allowed"] = counter_delta(before, after, rule + "allowed")
+        result["rule_denied"] = counter_delta(before, after, rule + "denied")
+        if result["rule_denied"]:
+            v.warnings.append(f"round {round_no}: rule {v.rule} denied {result['rule_denied']}")
+    if v.central:
+        service = "wasmcustom.tokengate.authz_service."
+        result["decision_hit"] = counter_delta(before, after, service + "cache_hit")
+        result["decisions"] = sum(counter_delta(before, after, service + event)
+                                  for event in ("allowed", "denied", "failure"))
+        result["policy_failures"] = counter_delta(before, after, service + "failure")
+        result["policy_calls"] = policy_calls(v) - asked_policy
+        if result["policy_calls"]:
+            v.warnings.append(f"round {round_no}: {result['policy_calls']} policy request(s)")
+        if result["policy_failures"]:
+            v.warnings.append(f"round {round_no}: {result['policy_failures']} policy "
+                              "failure(s)")
     if v.kind.startswith("native"):
         result["jwt_denied"] = counter_delta(before, after, prefix + "jwt_authn.denied")
     result.pop("raw", None)
@@ -861,6 +1033,9 @@ def measure(v: Variant, admin_port: int, token_files: dict, duration: float, rou
         extra = f", cache hits {100 * result['hit'] / (result['hit'] + result['miss']):.0f}%"
     if v.exchange:
         extra += f", {result['introspections']} introspection(s)"
+    if v.central and result["decisions"]:
+        extra += (f", decision cache hits {100 * result['decision_hit'] / result['decisions']:.0f}%"
+                  f", {result['policy_calls']} policy request(s)")
     log(f"round {round_no} {v.name:22s} {result['rps']:9.0f} req/s  "
         f"p50 {fmt_ms(result['p50'])}  p99 {fmt_ms(result['p99'])}{extra}")
 
@@ -874,28 +1049,51 @@ def fmt_ms(value) -> str:
 # --- the phases ---------------------------------------------------------------------------
 
 def sanity(vs: list[Variant], token_files: dict) -> None:
-    """One request per listener: the status each variant is meant to see. An exchange
-    listener gets a second one, which its cache should answer without a callout."""
+    """One request per listener, with the headers wrk sends: the status each variant is
+    meant to see. An exchange or central listener gets a second one, which its cache
+    should answer without a callout. An authorization listener also gets one without
+    the tenant header, which its rule must refuse (403) without asking the policy: the
+    conditions are really evaluated."""
     failed = []
     for v in vs:
         token = token_files[(v.alg, v.tokens)].read_text().split("\n", 1)[0]
-        tries = 2 if v.exchange else 1
+        headers = {"authorization": f"Bearer {token}", TENANT_HEADER: TENANT}
+        tries = 2 if v.exchange or v.central else 1
         for i in range(tries):
-            asked = introspections(v)
-            status, body = http_get(v.port, "/", {"authorization": f"Bearer {token}"})
+            asked, asked_policy = introspections(v), policy_calls(v)
+            status, body = http_get(v.port, "/", headers)
             if status != v.expect:
                 failed.append(f"{v.name}: {status} {body[:200]!r} (expected {v.expect})")
                 break
             if v.exchange and i == tries - 1 and introspections(v) != asked:
                 v.warnings.append("a repeated token was introspected again")
+            if v.central and i == tries - 1 and policy_calls(v) != asked_policy:
+                v.warnings.append("a repeated request was sent to the policy again")
+        if v.rule:
+            asked_policy = policy_calls(v)
+            status, body = http_get(v.port, "/", {"authorization": f"Bearer {token}"})
+            if status != 403:
+                failed.append(f"{v.name}: without {TENANT_HEADER}: {status} {body[:200]!r} "
+                              "(expected 403 from the rule's authz)")
+            elif policy_calls(v) != asked_policy:
+                v.warnings.append("a local authz refusal asked the policy")
         if v.exchange:
             log(f"sanity: {v.name}: {introspections(v)} introspection(s) after {tries} requests")
+        if v.central:
+            log(f"sanity: {v.name}: {policy_calls(v)} policy request(s) after {tries} "
+                "requests (and a local refusal)")
+            seen = POLICY.last_input if POLICY else None
+            http_in = ((seen or {}).get("attributes") or {}).get("request", {}).get("http", {})
+            claims = ((seen or {}).get("identity") or {}).get("claims") or {}
+            if http_in.get("headers") != {TENANT_HEADER: TENANT} or not claims.get("sub"):
+                v.warnings.append("the policy's input is not what was expected: "
+                                  f"{json.dumps(seen)[:300]}")
     if failed:
         die("listeners answer wrongly, numbers would mean nothing:\n  " + "\n  ".join(failed))
 
 
 def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant]) -> dict:
-    global AUTH
+    global AUTH, POLICY
     ports = free_ports(len(vs) + 1)
     admin_port = ports[0]
     for v, port in zip(vs, ports[1:]):
@@ -910,9 +1108,17 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         log(f"introspection server on 127.0.0.1:{auth_port}{INTROSPECT_PATH}")
         if any(v.kind == "tg-minted-hit" for v in exchanging):
             mint_key = ensure_mint_key()
+    centrals = [v for v in vs if v.central]
+    policy_port = 0
+    if centrals:
+        POLICY = Policy()
+        policy_port = POLICY.port
+        clusters.append(auth_cluster(policy_port, "opa"))
+        log(f"policy server on 127.0.0.1:{policy_port}{POLICY_PATH}")
     config = envoy_config(
         admin_port,
-        [listener(v.name, v.port, filters_for(v, keyset, auth_port, mint_key)) for v in vs],
+        [listener(v.name, v.port, filters_for(v, keyset, auth_port, mint_key, policy_port))
+         for v in vs],
         clusters)
     log(f"starting Envoy with {len(vs)} listeners (admin 127.0.0.1:{admin_port})")
     proc = start_envoy(cmd, config, "bench")
@@ -926,11 +1132,13 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
             info["envoy_binary"] = None
         sanity(vs, token_files)
         calls: dict = {"sanity": {v.name: introspections(v) for v in exchanging}}
+        policy: dict = {"sanity": policy_calls()}
         if WARMUP > 0:
             log(f"warm-up: {WARMUP:g} s per variant")
             for v in vs:
                 run_wrk(v.port, token_files[(v.alg, v.tokens)], WARMUP)
         calls["warm-up"] = {v.name: introspections(v) for v in exchanging}
+        policy["warm-up"] = policy_calls()
         for r in range(1, ROUNDS + 1):
             order = vs if r % 2 == 1 else list(reversed(vs))
             for v in order:
@@ -942,6 +1150,13 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
             log("introspection requests (after sanity / after warm-up / in all): " + ", ".join(
                 f"{v.name} {calls['sanity'][v.name]} / {calls['warm-up'][v.name]} / "
                 f"{calls['total'][v.name]}" for v in exchanging))
+        if centrals:
+            policy["total"] = policy_calls()
+            policy["by_path"] = POLICY.snapshot()
+            policy["last_input"] = POLICY.last_input
+            info["policy"] = policy
+            log(f"policy requests (after sanity / after warm-up / in all): {policy['sanity']} / "
+                f"{policy['warm-up']} / {policy['total']}")
         info["memory"] = memory_phase(vs, admin_port, pid, token_files)
         info["wasm_stats"] = {k: v for k, v in stats(admin_port).items()
                               if k.startswith("wasm.") and "tokengate" not in k}
@@ -952,6 +1167,8 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         stop(proc)
         if AUTH:
             AUTH.stop()
+        if POLICY:
+            POLICY.stop()
     return info
 
 
@@ -1102,6 +1319,10 @@ def summary(v: Variant, vs: list[Variant] | None = None) -> dict:
         hits = sum(r["hit"] for r in v.runs)
         total = hits + sum(r["miss"] for r in v.runs)
         out["hit_rate"] = hits / total if total else None
+    if v.central:
+        hits = sum(r["decision_hit"] for r in v.runs)
+        total = sum(r["decisions"] for r in v.runs)
+        out["decision_hit_rate"] = hits / total if total else None
     if v.kind == "tg-cold" and vs:
         cached = next((c for c in vs if c.kind == "tg-cached" and c.alg == v.alg and c.runs),
                       None)
@@ -1184,6 +1405,18 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
             f"provider, `audiences` and `forward` as the {EXCHANGE_ALG} JWT rows; minted: "
             f"EdDSA, `ttl_secs` {EXCHANGE_CACHE_SECS}, into `{MINT_HEADER}` (the one row that "
             f"sets a header upstream). Introspection requests in the whole run: {asked}")
+    policy = info.get("policy") or {}
+    if any(v.rule for v in vs):
+        line = (f"- authorization rows: the {AUTHZ_ALG} provider and cached token, one rule "
+                f"(`match: {{}}`) with `authz` `{json.dumps(AUTHZ_TREE)}` (every variant sends "
+                f"`{TENANT_HEADER}: {TENANT}`)")
+        if policy:
+            line += (f"; central: also `central: true`, `authz_service` a stdlib server on "
+                     f"127.0.0.1 answering `{{\"result\": true}}` through cluster `opa`, "
+                     f"`cache_secs` {POLICY_CACHE_SECS}, `include_headers` [`{TENANT_HEADER}`]. "
+                     f"Policy requests in the whole run: {policy['total']} ({policy['sanity']} "
+                     "by the sanity check)")
+        lines.append(line)
     lines.append("")
     # Busy: others' work before the start, or more than Envoy and wrk (about 2) at the end.
     try:
@@ -1208,11 +1441,16 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         rp = ratio(v.kind, v.alg, "passthrough")
         rf = ratio(v.kind, v.alg, "floor") if v.kind not in ("passthrough",) else None
         rn = ratio(v.kind, v.alg, native_base[v.kind]) if v.kind in native_base else None
-        rc = ratio(v.kind, v.alg, "tg-cached") if v.exchange else None
+        rc = ratio(v.kind, v.alg, "tg-cached") if v.exchange or v.rule else None
         notes = []
         if s.get("hit_rate") is not None:
             notes.append(f"{'exchange ' if v.exchange else ''}cache hits "
                          f"{100 * s['hit_rate']:.0f}%")
+        if s.get("decision_hit_rate") is not None:
+            notes.append(f"decision cache hits {100 * s['decision_hit_rate']:.0f}%")
+        if v.central and policy:
+            during = sum(r.get("policy_calls", 0) for r in v.runs)
+            notes.append(f"policy requests {policy['total']} in all, {during} during the rounds")
         if v.exchange and calls:
             during = sum(r.get("introspections", 0) for r in v.runs)
             notes.append(f"introspections {calls['total'].get(v.name, 0)} in all, "
@@ -1245,6 +1483,14 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         if r is not None:
             target(f"{what} vs cached valid JWT ({EXCHANGE_ALG})", f"{r:.3f}×",
                    f"≥ {TARGET_EXCHANGE_VS_CACHED}×", r >= TARGET_EXCHANGE_VS_CACHED)
+    for kind, what in (("tg-authz-3", "cached JWT + 3 `authz` conditions"),
+                       ("tg-central-hit", "cached JWT + 3 conditions + central, decision "
+                                          "cache hit")):
+        r = ratio(kind, AUTHZ_ALG, "tg-cached")
+        if r is not None:
+            goal = TARGET_AUTHZ_VS_CACHED[kind]
+            target(f"{what} vs cached valid JWT ({AUTHZ_ALG})", f"{r:.3f}×", f"≥ {goal}×",
+                   r >= goal)
     for alg, goal in TARGET_COLD_VS_NATIVE.items():
         r = ratio("tg-cold", alg, "native")
         if r is None:
@@ -1314,9 +1560,11 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         "after the variant it is judged against, so both see the same moment of the machine). × native "
         "compares a tokengate row with the jwt_authn row of the same load (cached with "
         "jwt_authn + cache, cold with jwt_authn without cache, bad signatures with bad "
-        "signatures). × cached JWT compares an exchange row with tokengate's cached-JWT row of "
-        "the same algorithm: one opaque token answered from the exchange's cache vs one JWT "
-        "answered from the JWT cache. Cold rows: the filter's cache may still answer a few requests of a "
+        "signatures). × cached JWT compares an exchange or authorization row with tokengate's "
+        "cached-JWT row of the same algorithm: one opaque token answered from the exchange's "
+        "cache vs one JWT answered from the JWT cache; the same JWT through a rule with three "
+        "`authz` conditions (and `central`, answered from the decision cache) vs through "
+        "the implicit rule. Cold rows: the filter's cache may still answer a few requests of a "
         "cycling list, so the cold targets are judged on an estimate with every request a miss: per round, "
         "1/miss = (1/cold − h/cached) / (1 − h), h the hit rate seen, the cached row's req/s "
         "the cost of a hit. Memory: the size of each wasm VM's linear memory (tokengate's and the "
@@ -1354,7 +1602,8 @@ def main() -> int:
     started = time.monotonic()
     for tool in ("wrk",):
         if not shutil.which(tool):
-            die(f"{tool} not found: apt-get install -y wrk")
+            die(f"{tool} not found: apt-get install -y wrk (`make bench` installs it: "
+                ".ci/deps --bench)")
     if not CLI.exists():
         die(f"{CLI} not found: make cli")
     if not WASM.exists():

@@ -1,8 +1,9 @@
 -- wrk script for `make bench`: every request carries "Authorization: Bearer <token>",
--- the tokens taken in turn from a file (one per line), cycling. A file with one token
--- gives the cached case; a file with more tokens than the filter's cache gives the cold
--- case. Every variant is driven through this same script, so the load generator does the
--- same work for all of them.
+-- the tokens taken in turn from a file (one per line), cycling, and "X-Tenant: acme"
+-- (which the authorization variants' rule checks: bench/run.py TENANT_HEADER). A file
+-- with one token gives the cached case; a file with more tokens than the filter's cache
+-- gives the cold case. Every variant is driven through this same script, headers and
+-- all, so the load generator does the same work for all of them.
 --
 --   wrk -t1 -c16 -d5s --latency -s bench/tokens.lua http://127.0.0.1:PORT/ -- TOKENS_FILE [THREADS]
 --
@@ -26,7 +27,10 @@ function init(args)
    end
    for line in io.lines(path) do
       if #line > 0 then
-         requests[#requests + 1] = wrk.format("GET", "/", { ["Authorization"] = "Bearer " .. line })
+         requests[#requests + 1] = wrk.format("GET", "/", {
+            ["Authorization"] = "Bearer " .. line,
+            ["X-Tenant"] = "acme",
+         })
       end
    end
    if #requests == 0 then
