@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod flow;
 pub mod host;
+pub mod json;
 pub mod policy;
 pub mod remote;
 pub mod stats;

@@ -153,6 +153,9 @@ pub fn read_discovery(status: u32, body: &[u8], issuer: &str) -> Result<Uri, Fet
         return Err(FetchError::TooLarge);
     }
     let doc: Value = serde_json::from_slice(body).map_err(|_| FetchError::DiscoveryNotJson)?;
+    if crate::json::has_repeated_member(body) {
+        return Err(FetchError::DiscoveryNotJson);
+    }
     let doc = doc.as_object().ok_or(FetchError::DiscoveryNotJson)?;
     if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
         return Err(FetchError::DiscoveryIssuerMismatch);
@@ -402,6 +405,21 @@ mod tests {
         assert_eq!(
             read_jwks(200, br#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#).unwrap_err(),
             FetchError::Jwks(JwksError::NoUsableKey)
+        );
+    }
+
+    #[test]
+    fn a_key_set_or_discovery_naming_a_member_twice_is_refused() {
+        let jwks = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","x":"AAAA"}]}"#;
+        assert_eq!(
+            read_jwks(200, jwks).unwrap_err(),
+            FetchError::Jwks(JwksError::RepeatedMember)
+        );
+        let doc =
+            br#"{"issuer":"https://idp","jwks_uri":"http://idp/a","jwks_uri":"http://evil/b"}"#;
+        assert_eq!(
+            read_discovery(200, doc, "https://idp").unwrap_err(),
+            FetchError::DiscoveryNotJson
         );
     }
 

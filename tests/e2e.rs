@@ -1393,3 +1393,44 @@ fn bad_config_makes_envoy_refuse_to_start_and_names_the_field() {
         );
     }
 }
+
+/// A token the trusted key signed whose claims name `sub` twice (first "alice", then
+/// "admin"): serde_json would read admin, another parser alice. Refused whole, at any
+/// depth, before anything reaches the upstream.
+#[test]
+fn a_signed_token_naming_a_claim_twice_is_refused_as_malformed() {
+    let (upstream, envoy) = start();
+    let k = keys();
+    let header = json!({"alg": "ES256", "kid": k.es256.kid});
+    let header = tokengate::crypto::b64::encode(header.to_string().as_bytes());
+    let claims = corp_claims("alice").to_string();
+    for (case, payload) in [
+        ("sub twice", claims.replacen('{', r#"{"sub":"admin","#, 1)),
+        (
+            "a nested member twice",
+            claims.replacen(
+                r#""roles":["a","b"]"#,
+                r#""roles":["a"],"roles":["admin"]"#,
+                1,
+            ),
+        ),
+    ] {
+        assert_ne!(payload, claims, "{case}: the payload was changed");
+        let input = format!(
+            "{header}.{}",
+            tokengate::crypto::b64::encode(payload.as_bytes())
+        );
+        let signature = k.es256.sign_bytes(input.as_bytes()).unwrap();
+        let token = format!("{input}.{}", tokengate::crypto::b64::encode(&signature));
+        let before = upstream.count();
+        let response = envoy.get_with_token("/api/orders", &token);
+        assert_invalid_token(
+            case,
+            &upstream,
+            before,
+            &response,
+            &token,
+            "malformed token",
+        );
+    }
+}

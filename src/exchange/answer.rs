@@ -173,8 +173,13 @@ fn expect_ok(status: u32) -> Result<(), AnswerError> {
     }
 }
 
+/// A JSON object read once: a member named twice makes it garbage.
 fn json_object(body: &[u8]) -> Result<Map<String, Value>, AnswerError> {
-    serde_json::from_slice(body).map_err(|_| AnswerError::Garbage)
+    let object = serde_json::from_slice(body).map_err(|_| AnswerError::Garbage)?;
+    if crate::json::has_repeated_member(body) {
+        return Err(AnswerError::Garbage);
+    }
+    Ok(object)
 }
 
 /// RFC 7662 §2.2: only the JSON boolean `true` means active. The other members are the
@@ -321,6 +326,21 @@ mod tests {
         ));
         assert_eq!(claims["sub"], "alice");
         assert!(!claims.contains_key("active"));
+    }
+
+    #[test]
+    fn an_answer_naming_a_member_twice_is_garbage() {
+        let config = config_with(exchange_json("introspection"));
+        let body = br#"{"active":true,"sub":"alice","sub":"admin"}"#;
+        assert_eq!(
+            read_with(&config, &answer(200, body)),
+            Err(AnswerError::Garbage)
+        );
+        let flipped = br#"{"active":false,"active":true}"#;
+        assert_eq!(
+            read_with(&config, &answer(200, flipped)),
+            Err(AnswerError::Garbage)
+        );
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub fn read_decision(
         return Err(DecisionError::TooLarge);
     }
     let document: Value = serde_json::from_slice(body).map_err(|_| DecisionError::Garbage)?;
+    if crate::json::has_repeated_member(body) {
+        return Err(DecisionError::Garbage);
+    }
     match document.get("result") {
         Some(Value::Bool(allow)) => Ok(Decision {
             allow: *allow,
@@ -482,6 +485,15 @@ mod tests {
             read(json!({"result": {"allowed": true, "request_headers_to_remove": ["X-Debug"]}}))
                 .unwrap();
         assert_eq!(removing.remove_headers, vec!["x-debug".to_owned()]);
+    }
+
+    #[test]
+    fn a_decision_naming_a_member_twice_is_an_error() {
+        let body = br#"{"result": {"allowed": false, "allowed": true}}"#;
+        assert_eq!(
+            read_decision(Some(200), body.len(), body),
+            Err(DecisionError::Garbage)
+        );
     }
 
     #[test]

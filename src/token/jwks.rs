@@ -106,6 +106,8 @@ pub enum JwksError {
     NoKeys,
     /// Parsed, but not one key is usable.
     NoUsableKey,
+    /// An object names a member twice: read one way here, maybe another elsewhere.
+    RepeatedMember,
 }
 
 impl std::fmt::Display for JwksError {
@@ -113,6 +115,7 @@ impl std::fmt::Display for JwksError {
         f.write_str(match self {
             JwksError::TooLarge => "JWKS larger than the size cap",
             JwksError::NotJson => "JWKS is not valid JSON",
+            JwksError::RepeatedMember => "JWKS names a member twice in one object",
             JwksError::NoKeys => "JWKS has no \"keys\" array",
             JwksError::NoUsableKey => "JWKS has no usable signing key",
         })
@@ -133,6 +136,9 @@ impl KeySet {
             return Err(JwksError::TooLarge);
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|_| JwksError::NotJson)?;
+        if crate::json::has_repeated_member(bytes) {
+            return Err(JwksError::RepeatedMember);
+        }
         KeySet::from_value(&value)
     }
 

@@ -8,6 +8,7 @@
 use crate::crypto::alg::Alg;
 use crate::crypto::b64;
 use crate::error::AuthnError;
+use crate::json;
 use crate::token::jwks::KeySet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -138,6 +139,12 @@ pub fn verify(
     }
     if !fitting.any(|key| key.key.verify(alg, signing_input, &signature)) {
         return Err(AuthnError::BadSignature);
+    }
+    // One reading of a signed document, or none: a member named twice would read one
+    // way here and maybe another upstream (x-jwt-payload). Checked once the signature
+    // holds, so unsigned junk never costs the scan.
+    if json::has_repeated_member(&header_json) || json::has_repeated_member(&payload_json) {
+        return Err(AuthnError::Malformed);
     }
     Ok(Verified {
         claims,
@@ -294,6 +301,39 @@ mod tests {
         ("eddsa", Alg::EdDSA),
         ("hs256", Alg::HS256),
     ];
+
+    /// A token whose payload is exactly this text, signed with a trusted key.
+    fn signed_payload(payload: &str) -> String {
+        let key = signing_key("es256");
+        let input = format!(
+            "{}.{}",
+            crate::crypto::b64::encode(br#"{"alg":"ES256","kid":"es256"}"#),
+            crate::crypto::b64::encode(payload.as_bytes())
+        );
+        let signature = key.sign_bytes(input.as_bytes()).unwrap();
+        format!("{input}.{}", crate::crypto::b64::encode(&signature))
+    }
+
+    #[test]
+    fn claims_naming_a_member_twice_are_refused_even_when_signed() {
+        let exp = NOW + 600;
+        let twice = format!(
+            r#"{{"iss":"{ISSUER}","aud":"orders","exp":{exp},"sub":"alice","sub":"admin"}}"#
+        );
+        assert_eq!(
+            verify(&signed_payload(&twice), &policy(), &keyset(), NOW),
+            Err(AuthnError::Malformed)
+        );
+        let nested = format!(
+            r#"{{"iss":"{ISSUER}","aud":"orders","exp":{exp},"realm_access":{{"roles":["user"],"roles":["admin"]}}}}"#
+        );
+        assert_eq!(
+            verify(&signed_payload(&nested), &policy(), &keyset(), NOW),
+            Err(AuthnError::Malformed)
+        );
+        let once = format!(r#"{{"iss":"{ISSUER}","aud":"orders","exp":{exp},"sub":"alice"}}"#);
+        assert!(verify(&signed_payload(&once), &policy(), &keyset(), NOW).is_ok());
+    }
 
     #[test]
     fn valid_token_of_every_family_is_accepted_and_the_oracle_agrees() {
