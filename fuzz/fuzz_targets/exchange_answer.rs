@@ -1,5 +1,6 @@
 //! Any auth-service answer (status, content type, authorization header and body split
-//! from the input) read by every exchange mode, and any shared record decoded.
+//! from the input) read by every exchange mode, any shared record decoded, and the
+//! repeated-member scan every trusted JSON goes through.
 #![no_main]
 
 mod common;
@@ -18,6 +19,7 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     let _ = Record::decode(data);
+    let _ = tokengate::json::has_repeated_member(data);
     let (head, body) = match data.iter().position(|b| *b == b'\n') {
         Some(at) => data.split_at(at),
         None => (data, &[][..]),
