@@ -65,8 +65,9 @@ fn name_at(bytes: &[u8], start: usize, end: usize) -> Cow<'_, [u8]> {
     }
 }
 
-/// The index just past the JSON string opening at `start`, or the end of the input.
-fn string_end(bytes: &[u8], start: usize) -> usize {
+/// The index just past the JSON string opening at `start` (its quote), or the end of the
+/// input if it never closes.
+pub fn string_end(bytes: &[u8], start: usize) -> usize {
     let mut i = start + 1;
     while let Some(&byte) = bytes.get(i) {
         match byte {

@@ -1,8 +1,8 @@
 //! The `exchanges` section: read (field tables) and compiled into [`Exchange`]s.
 
 use super::{
-    compile_source, field_path, identity_header, item_path, optional, required, ConfigError, Field,
-    Kind, Provider, Reader, Shape, Slots, DEFAULT_MAX_TOKEN_BYTES,
+    compile_sources, field_path, identity_header, item_path, optional, required, ConfigError,
+    Field, Kind, Provider, Reader, Shape, Slots, DEFAULT_MAX_TOKEN_BYTES,
 };
 use crate::crypto::alg::Alg;
 use crate::crypto::mint_key::MintKey;
@@ -11,7 +11,6 @@ use crate::exchange::{
     CachePolicy, Client, Endpoint, Exchange, ExchangeParams, Mint, Mode, Upstream,
 };
 use crate::remote::Uri;
-use crate::token::extract::Source;
 use serde_json::{json, Value};
 
 pub(super) const EXCHANGE_FIELDS: &[Field] = &[
@@ -405,20 +404,7 @@ pub fn compile_exchange(
         ));
     }
 
-    let sources = match raw.sources {
-        None => vec![Source::default_bearer()],
-        Some(raw_sources) if raw_sources.is_empty() => {
-            return Err(ConfigError::new(
-                at("sources"),
-                "must list at least one source when set",
-            ))
-        }
-        Some(raw_sources) => raw_sources
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| compile_source(&format!("{}[{i}]", at("sources")), s))
-            .collect::<Result<_, _>>()?,
-    };
+    let sources = compile_sources(&at("sources"), raw.sources)?;
     let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if max_token_bytes == 0 || max_token_bytes > super::MAX_MAX_TOKEN_BYTES {
         return Err(ConfigError::new(

@@ -1078,7 +1078,7 @@ fn scan(bytes: &[u8], offset: usize) -> Scan {
         let Some(&byte) = bytes.get(i) else { break };
         match byte {
             b'"' => {
-                let end = string_end(bytes, i);
+                let end = crate::json::string_end(bytes, i);
                 if expecting_key {
                     if let Some(Frame::Object { key, keys }) = stack.last_mut() {
                         *key = bytes
@@ -1144,20 +1144,6 @@ fn path_of(stack: &[Frame]) -> String {
         Frame::Object { key: None, .. } => path,
         Frame::Array { index } => item_path(&path, *index),
     })
-}
-
-/// The index just past the JSON string starting at `start` (its opening quote), or the
-/// end of the input if it never closes.
-fn string_end(bytes: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while let Some(&byte) = bytes.get(i) {
-        match byte {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
-        }
-    }
-    bytes.len()
 }
 
 /// Second phase: validate and compile the raw document.
@@ -1351,20 +1337,7 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         ));
     }
 
-    let sources = match raw.sources {
-        None => vec![Source::default_bearer()],
-        Some(raw_sources) if raw_sources.is_empty() => {
-            return Err(ConfigError::new(
-                at("sources"),
-                "must list at least one source when set",
-            ))
-        }
-        Some(raw_sources) => raw_sources
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| compile_source(&format!("{}[{i}]", at("sources")), s))
-            .collect::<Result<_, _>>()?,
-    };
+    let sources = compile_sources(&at("sources"), raw.sources)?;
 
     let forward = compile_forward(&at("forward"), raw.forward)?;
 
@@ -1481,6 +1454,22 @@ fn compile_jwks(
         issuer: issuer.to_owned(),
         shared_key: format!("tokengate.jwks.{provider}.{text}"),
     }))
+}
+
+/// A provider's or exchange's `sources`; absent means `Authorization: Bearer`.
+fn compile_sources(at: &str, raw: Option<Vec<RawSource>>) -> Result<Vec<Source>, ConfigError> {
+    match raw {
+        None => Ok(vec![Source::default_bearer()]),
+        Some(raw_sources) if raw_sources.is_empty() => Err(ConfigError::new(
+            at,
+            "must list at least one source when set",
+        )),
+        Some(raw_sources) => raw_sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| compile_source(&format!("{at}[{i}]"), s))
+            .collect(),
+    }
 }
 
 fn compile_source(at: &str, raw: RawSource) -> Result<Source, ConfigError> {

@@ -7,7 +7,7 @@ use super::root::{now_ms, VmState};
 use crate::flow::{Ask, PolicyService};
 use crate::policy::central::{read_decision, AuthzService, Decision, MAX_DECISION_BYTES};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::MapType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -144,14 +144,7 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
         .ok()
         .flatten()
         .and_then(|s| s.parse::<u32>().ok());
-    let body = if body_size <= MAX_DECISION_BYTES {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let body = super::exchanges::callout_body(body_size, MAX_DECISION_BYTES);
     let answer = match read_decision(status, body_size, &body) {
         Ok(decision) => {
             let decision = Rc::new(decision);

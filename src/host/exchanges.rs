@@ -247,15 +247,7 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
     let status = header(":status").and_then(|s| s.parse::<u32>().ok());
     let content_type = header("content-type");
     let authorization = header("authorization");
-    // Cap, then read: an oversized answer is never copied into the VM.
-    let body = if body_size <= MAX_ANSWER_BYTES {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let body = callout_body(body_size, MAX_ANSWER_BYTES);
     let answer = Answer {
         status,
         content_type: content_type.as_deref(),
@@ -299,6 +291,18 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
     );
     write_slot(exchange, &record, None);
     true
+}
+
+/// A callout's answer body, read only when it is within `cap`: an oversized answer is
+/// never copied into the VM (its size alone refuses it).
+pub fn callout_body(body_size: usize, cap: usize) -> Vec<u8> {
+    if body_size > cap {
+        return Vec::new();
+    }
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// The stream `context_id` ended: its callouts were cancelled with it. Releases their
