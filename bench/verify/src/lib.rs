@@ -8,6 +8,9 @@
 
 #[path = "../../../src/crypto/mod.rs"]
 pub mod crypto;
+/// The filter's repeated-member check, which its key set reader calls.
+#[path = "../../../src/json.rs"]
+pub mod json;
 #[path = "../../../src/token/jwks.rs"]
 #[doc(hidden)]
 pub mod token_jwks;
