@@ -438,16 +438,6 @@ impl Step<'_> {
         }
         if let (true, Some(service)) = (rule.central, &config.authz_service) {
             let named = identity.map(|i| (self.authenticator_name(i.authenticator), i));
-            let hidden: Vec<&str> = config
-                .providers
-                .iter()
-                .flat_map(|p| &p.sources)
-                .chain(config.exchanges.iter().flat_map(|e| &e.sources))
-                .filter_map(|source| match source {
-                    Source::Query(name) => Some(name.as_str()),
-                    _ => None,
-                })
-                .collect();
             // Included headers as the upstream gets them: an identity header carries
             // the filter's value (or none), never what the client sent.
             let headers: Vec<(&str, &str)> = service
@@ -465,7 +455,13 @@ impl Step<'_> {
                     Some((name.as_str(), value?))
                 })
                 .collect();
-            let asked = central::Asked::new(self.request, self.path, headers, &hidden, named);
+            let asked = central::Asked::new(
+                self.request,
+                self.path,
+                headers,
+                &config.query_sources,
+                named,
+            );
             let key = asked.key();
             match self
                 .services

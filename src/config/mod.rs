@@ -178,6 +178,8 @@ pub struct Config {
     pub authz_service: Option<AuthzService>,
     /// `paths.allow_encoded_slashes`: `%2F` in a path is let through, matched literally.
     pub allow_encoded_slashes: bool,
+    /// Query parameters that are token sources: never shown to the central policy.
+    pub query_sources: Vec<String>,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -1241,6 +1243,15 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     for name in &identity_headers {
         reads.add_header(name);
     }
+    let query_sources: Vec<String> = providers
+        .iter()
+        .flat_map(|p| &p.sources)
+        .chain(exchanges.iter().flat_map(|e| &e.sources))
+        .filter_map(|source| match source {
+            Source::Query(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
     let jwks_paths: Vec<(String, String)> = exchanges
         .iter()
         .filter_map(|e| e.mint.as_ref())
@@ -1260,6 +1271,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         jwks_paths,
         authz_service,
         allow_encoded_slashes: raw.allow_encoded_slashes,
+        query_sources,
     })
 }
 

@@ -91,7 +91,7 @@ impl<'a> Asked<'a> {
         request: &'a Request,
         path: &'a str,
         headers: Vec<(&'a str, &'a str)>,
-        hidden: &[&str],
+        hidden: &[String],
         identity: Option<(&'a str, &'a Identity)>,
     ) -> Asked<'a> {
         let shown_path = match request.path.split_once('?') {
@@ -99,7 +99,8 @@ impl<'a> Asked<'a> {
                 let mut shown = raw_path.to_owned();
                 let mut first = true;
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
-                    if !hidden.contains(&param_name(pair).as_str()) {
+                    let name = param_name(pair);
+                    if !hidden.contains(&name) {
                         shown.push(if first { '?' } else { '&' });
                         shown.push_str(pair);
                         first = false;
@@ -192,11 +193,12 @@ fn param_name(pair: &str) -> String {
     percent_decode(name).unwrap_or_else(|| name.to_owned())
 }
 
-fn query_has(query: &str, names: &[&str]) -> bool {
+fn query_has(query: &str, names: &[String]) -> bool {
     !names.is_empty()
-        && query
-            .split('&')
-            .any(|pair| names.contains(&param_name(pair).as_str()))
+        && query.split('&').any(|pair| {
+            let name = param_name(pair);
+            names.contains(&name)
+        })
 }
 
 /// Reads the service's answer: `{"result": true|false}`, `{"result": {"allow": …,
@@ -416,7 +418,7 @@ mod tests {
             path: "/r?page=2&access_token=secret.jwt.value&x=1".into(),
             ..Request::default()
         };
-        let asked = Asked::new(&request, "/r", vec![], &["access_token"], None);
+        let asked = Asked::new(&request, "/r", vec![], &["access_token".to_owned()], None);
         let text = asked.input();
         assert!(!text.contains("secret"), "{text}");
         let doc: Value = serde_json::from_str(&text).unwrap();
