@@ -711,3 +711,258 @@ mod tests {
         assert!(!looks_like_jwt("a+.b.c"));
     }
 }
+
+/// The public catalog of JWT attacks, one named test each where the tests above do not
+/// already name it: every one must be refused, for the reason given.
+#[cfg(test)]
+mod attack_catalog {
+    use super::*;
+    use crate::crypto::b64;
+    use crate::testutil::*;
+    use serde_json::json;
+
+    fn policy() -> Policy {
+        Policy {
+            issuer: ISSUER.into(),
+            audiences: vec!["orders".into()],
+            algorithms: Alg::ALL
+                .iter()
+                .copied()
+                .filter(|a| !a.is_symmetric())
+                .collect(),
+            token_types: None,
+            clock_skew_secs: 60,
+            require_exp: true,
+            max_token_bytes: 8192,
+        }
+    }
+
+    fn check(token: &str) -> Result<Verified, AuthnError> {
+        verify(token, &policy(), &keyset(), NOW)
+    }
+
+    /// A compact JWS of these exact header and payload texts, signed with a fixture key.
+    fn signed_texts(key: &str, header: &str, payload: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            b64::encode(header.as_bytes()),
+            b64::encode(payload.as_bytes())
+        );
+        let signature = signing_key(key).sign_bytes(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64::encode(&signature))
+    }
+
+    #[test]
+    fn alg_none_in_every_capitalization_is_refused() {
+        let payload = b64::encode(good_claims().to_string().as_bytes());
+        for alg in ["none", "None", "NONE", "nOnE", "none "] {
+            let header = b64::encode(json!({"alg": alg, "kid": "rs256"}).to_string().as_bytes());
+            for signature in ["", "AA"] {
+                let t = format!("{header}.{payload}.{signature}");
+                assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed, "{alg:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hs256_keyed_with_the_public_key_as_pem_der_or_ec_coordinates_is_refused() {
+        let header = b64::encode(br#"{"alg":"HS256","kid":"es256"}"#);
+        let payload = b64::encode(good_claims().to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        let public = signing_key("es256").public_jwk();
+        let x = b64::decode(public["x"].as_str().unwrap().as_bytes()).unwrap();
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            public["x"]
+        );
+        for secret in [pem.into_bytes(), x.clone(), [&[4u8][..], &x].concat()] {
+            for hash in [
+                crate::crypto::alg::Hash::Sha256,
+                crate::crypto::alg::Hash::Sha384,
+                crate::crypto::alg::Hash::Sha512,
+            ] {
+                let mac = crate::crypto::hmac(hash, &secret, input.as_bytes());
+                let t = format!("{input}.{}", b64::encode(&mac));
+                assert_eq!(check(&t).unwrap_err(), AuthnError::AlgNotAllowed);
+            }
+        }
+    }
+
+    #[test]
+    fn kid_with_path_traversal_or_sql_finds_no_key() {
+        for kid in [
+            "../../../../dev/null",
+            "/etc/passwd",
+            "' OR '1'='1",
+            "rs256' --",
+            "rs256\u{0}",
+        ] {
+            let t = token_with_header(
+                "es256",
+                &json!({"alg": "ES256", "kid": kid}),
+                &good_claims(),
+            );
+            assert_eq!(check(&t).unwrap_err(), AuthnError::UnknownKid, "{kid:?}");
+        }
+    }
+
+    #[test]
+    fn keys_named_by_jku_x5u_jwk_or_x5c_are_never_used() {
+        // Signed with the attacker's key, which each header offers in its own way.
+        let attacker = signing_key("rs256-other");
+        let jwk = attacker.public_jwk();
+        for (member, value) in [
+            ("jku", json!("https://evil.example/keys.json")),
+            ("x5u", json!("https://evil.example/cert.pem")),
+            ("jwk", jwk.clone()),
+            (
+                "x5c",
+                json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]),
+            ),
+        ] {
+            let mut header = json!({"alg": "RS256", "kid": "rs256"});
+            header[member] = value;
+            let t = attacker.sign_with_header(&header, &good_claims()).unwrap();
+            assert_eq!(check(&t).unwrap_err(), AuthnError::BadSignature, "{member}");
+        }
+    }
+
+    #[test]
+    fn ecdsa_signatures_of_zero_or_the_group_order_are_refused() {
+        // CVE-2022-21449 ("psychic signatures") and its neighbours.
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let t = token("es256", &good_claims());
+        let input = t.rsplit_once('.').unwrap().0;
+        let zero = [0u8; 32];
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        for (r, s) in [(zero, zero), (N, N), (zero, one), (one, N), (N, one)] {
+            let forged = format!("{input}.{}", b64::encode(&[r, s].concat()));
+            assert_eq!(check(&forged).unwrap_err(), AuthnError::BadSignature);
+        }
+    }
+
+    #[test]
+    fn a_der_encoded_ecdsa_signature_is_refused() {
+        let t = token("es256", &good_claims());
+        let (input, signature) = t.rsplit_once('.').unwrap();
+        let raw = b64::decode(signature.as_bytes()).unwrap();
+        let (r, s) = raw.split_at(32);
+        let int = |v: &[u8]| {
+            let mut out = vec![0x02, 33, 0];
+            out.extend_from_slice(v);
+            out
+        };
+        let body = [int(r), int(s)].concat();
+        let der = [vec![0x30, body.len() as u8], body].concat();
+        let forged = format!("{input}.{}", b64::encode(&der));
+        assert_eq!(check(&forged).unwrap_err(), AuthnError::BadSignature);
+    }
+
+    #[test]
+    fn unencoded_payload_and_nested_jwts_are_not_read() {
+        // RFC 7797 b64:false needs crit, which is refused; without crit the signature
+        // over the base64url payload still has to hold, and the payload must be claims.
+        let claims = good_claims().to_string();
+        let b64_false = signed_texts(
+            "es256",
+            r#"{"alg":"ES256","kid":"es256","b64":false,"crit":["b64"]}"#,
+            &claims,
+        );
+        assert_eq!(check(&b64_false).unwrap_err(), AuthnError::CritUnsupported);
+        let inner = token("es256", &good_claims());
+        let nested = signed_texts(
+            "es256",
+            r#"{"alg":"ES256","kid":"es256","cty":"JWT"}"#,
+            &format!("\"{inner}\""),
+        );
+        assert_eq!(check(&nested).unwrap_err(), AuthnError::Malformed);
+    }
+
+    #[test]
+    fn jwe_and_lenient_base64url_are_malformed() {
+        let t = token("es256", &good_claims());
+        let parts: Vec<&str> = t.split('.').collect();
+        let jwe = format!(
+            "{}.{}.{}.{}.{}",
+            parts[0], "AAAA", "AAAA", parts[1], parts[2]
+        );
+        assert_eq!(check(&jwe).unwrap_err(), AuthnError::Malformed);
+        for variant in [
+            format!("{}=.{}.{}", parts[0], parts[1], parts[2]),
+            format!("{}.{} .{}", parts[0], parts[1], parts[2]),
+            format!("{}.{}.{}\n", parts[0], parts[1], parts[2]),
+            format!(
+                "{}.{}.{}",
+                parts[0].replace('_', "/"),
+                parts[1].replace('-', "+"),
+                parts[2]
+            ),
+        ] {
+            if variant != t {
+                assert!(check(&variant).is_err(), "{variant}");
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_that_are_not_utf8_json_objects_are_malformed() {
+        for payload in [
+            "[1,2]",
+            "\"claims\"",
+            "null",
+            "42",
+            "{\"iss\":\"x\"",
+            "\u{feff}{}",
+        ] {
+            let t = signed_texts("es256", r#"{"alg":"ES256","kid":"es256"}"#, payload);
+            assert_eq!(check(&t).unwrap_err(), AuthnError::Malformed, "{payload:?}");
+        }
+        let input = format!(
+            "{}.{}",
+            b64::encode(br#"{"alg":"ES256","kid":"es256"}"#),
+            b64::encode(&[0x7b, 0xff, 0x7d])
+        );
+        let signature = signing_key("es256").sign_bytes(input.as_bytes()).unwrap();
+        let t = format!("{input}.{}", b64::encode(&signature));
+        assert_eq!(check(&t).unwrap_err(), AuthnError::Malformed);
+    }
+
+    #[test]
+    fn exp_as_a_string_is_malformed_and_beyond_i64_is_far_future() {
+        let mut claims = good_claims();
+        claims["exp"] = json!(format!("{}", NOW + 600));
+        assert_eq!(
+            check(&token("es256", &claims)).unwrap_err(),
+            AuthnError::Malformed
+        );
+        claims["exp"] = json!(9_223_372_036_854_775_808u64);
+        let verified = check(&token("es256", &claims)).unwrap();
+        assert_eq!(verified.lifetime.exp, Some(i64::MAX));
+        claims["exp"] = json!(-1);
+        assert_eq!(
+            check(&token("es256", &claims)).unwrap_err(),
+            AuthnError::Expired
+        );
+    }
+
+    #[test]
+    fn an_issuer_differing_by_a_trailing_slash_or_case_is_refused() {
+        for iss in [
+            format!("{ISSUER}/"),
+            ISSUER.to_uppercase(),
+            format!(" {ISSUER}"),
+        ] {
+            let mut claims = good_claims();
+            claims["iss"] = json!(iss);
+            assert_eq!(
+                check(&token("es256", &claims)).unwrap_err(),
+                AuthnError::IssuerNotAllowed
+            );
+        }
+    }
+}
