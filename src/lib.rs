@@ -21,7 +21,9 @@ pub mod token;
 /// The crate version, logged by the filter at VM start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[cfg(target_arch = "wasm32")]
+// Not in the unit-test binary, which runs under a WASI runtime (make test-wasm) and has
+// its own entry point.
+#[cfg(all(target_arch = "wasm32", not(test)))]
 proxy_wasm::main! {{
     host::register();
 }}

@@ -355,20 +355,26 @@ mod tests {
     fn pairs() -> &'static [Pair] {
         static PAIRS: OnceLock<Vec<Pair>> = OnceLock::new();
         PAIRS.get_or_init(|| {
-            let generated: Vec<(usize, RsaPrivateKey)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = [2049, 3072, 4096]
-                    .into_iter()
-                    .map(|bits| {
-                        scope.spawn(move || {
-                            (
-                                bits,
-                                RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).unwrap(),
-                            )
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
+            let generate = |bits| {
+                (
+                    bits,
+                    RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).unwrap(),
+                )
+            };
+            let sizes = [2049, 3072, 4096];
+            // In parallel natively; one after another under WASI (no threads), where
+            // these tests check the arithmetic with 32-bit usize (make test-wasm).
+            let generated: Vec<(usize, RsaPrivateKey)> = if cfg!(target_family = "wasm") {
+                sizes.into_iter().map(generate).collect()
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = sizes
+                        .into_iter()
+                        .map(|bits| scope.spawn(move || generate(bits)))
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).collect()
+                })
+            };
             let mut pairs = vec![
                 Pair::new("rs256 fixture", fixture("rs256")),
                 Pair::new("ps256 fixture", fixture("ps256")),
