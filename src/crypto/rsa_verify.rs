@@ -569,6 +569,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn pss_signature_at_or_above_the_modulus_is_refused_though_the_rsa_crate_accepts_it() {
+        // RFC 8017 §8.1.2 step 1 (RSAVP1, §5.2.2): s must be below n. The rsa crate's PSS
+        // verify checks only the length and reduces s mod n, so a valid s plus n verifies
+        // there (found by the differential fuzz target diff_rsa).
+        for pair in pairs() {
+            let (k, n) = (pair.k(), pair.public.n());
+            for alg in [Alg::PS256, Alg::PS384, Alg::PS512] {
+                let valid = sign(pair, alg, MESSAGE);
+                let shifted = (BigUint::from_bytes_be(&valid) + n).to_bytes_be();
+                if shifted.len() != k {
+                    continue; // s + n needs k + 1 bytes: refused by length alone
+                }
+                let ours = PublicKey::Rsa(pair.ours.clone()).verify(alg, MESSAGE, &shifted);
+                assert!(!ours, "{}, {alg}: s + n accepted", pair.name);
+            }
+        }
+    }
+
     /// Mutations of a correct EMSA-PKCS1-v1_5 encoding, each signed raw.
     fn bad_pkcs1v15_encodings(hash: Hash, digest: &[u8], k: usize) -> Vec<(&'static str, Vec<u8>)> {
         let good = pkcs1v15_encoding(hash, digest, k).unwrap();
