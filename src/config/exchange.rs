@@ -250,6 +250,37 @@ fn bounded(
     }
 }
 
+/// Where a callout goes: `uri`, `cluster` and `timeout_ms` of the object at `at` (an
+/// exchange's endpoint, the authz service). Returns the URI as written too.
+pub(super) fn callout_target(
+    at: &str,
+    fields: &mut Slots,
+    default_timeout_ms: u64,
+) -> Result<(String, Uri, String, u64), ConfigError> {
+    let text = fields.string("uri").unwrap_or_default();
+    let uri = Uri::parse(&text).ok_or_else(|| {
+        ConfigError::new(
+            field_path(at, "uri"),
+            "must be an http:// or https:// URI with a host",
+        )
+    })?;
+    let cluster = fields.string("cluster").unwrap_or_default();
+    if cluster.is_empty() {
+        return Err(ConfigError::new(
+            field_path(at, "cluster"),
+            "must be non-empty",
+        ));
+    }
+    let timeout_ms = bounded(
+        field_path(at, "timeout_ms"),
+        fields.u64("timeout_ms"),
+        default_timeout_ms,
+        1,
+        60_000,
+    )?;
+    Ok((text, uri, cluster, timeout_ms))
+}
+
 pub fn compile_exchange(
     name: &str,
     raw: RawExchange,
@@ -285,33 +316,14 @@ pub fn compile_exchange(
         })?;
 
     let mut endpoint = raw.endpoint;
-    let uri_text = endpoint.string("uri").unwrap_or_default();
-    let uri = Uri::parse(&uri_text).ok_or_else(|| {
-        ConfigError::new(
-            at("endpoint.uri"),
-            "must be an http:// or https:// URI with a host",
-        )
-    })?;
+    let (uri_text, uri, cluster, timeout_ms) =
+        callout_target(&at("endpoint"), &mut endpoint, DEFAULT_TIMEOUT_MS)?;
     if mode == Mode::Session && !uri.path.contains("{token}") {
         return Err(ConfigError::new(
             at("endpoint.uri"),
             "a session endpoint must hold {token} in its path or query",
         ));
     }
-    let cluster = endpoint.string("cluster").unwrap_or_default();
-    if cluster.is_empty() {
-        return Err(ConfigError::new(
-            at("endpoint.cluster"),
-            "must be non-empty",
-        ));
-    }
-    let timeout_ms = bounded(
-        at("endpoint.timeout_ms"),
-        endpoint.u64("timeout_ms"),
-        DEFAULT_TIMEOUT_MS,
-        1,
-        60_000,
-    )?;
 
     let client = raw.client.map(|mut client| {
         let id = client.string("id").unwrap_or_default();

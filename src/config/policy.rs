@@ -7,7 +7,6 @@ use super::{
 use crate::policy::authz::{ClaimTest, Condition, HeaderTest};
 use crate::policy::central::AuthzService;
 use crate::policy::rules::PathMatch;
-use crate::remote::Uri;
 use crate::token::claims::ClaimPath;
 use serde_json::Value;
 
@@ -348,20 +347,8 @@ pub fn compile_condition(
 
 pub fn compile_authz_service(mut fields: Slots) -> Result<AuthzService, ConfigError> {
     let at = |field: &str| format!("authz_service.{field}");
-    let uri = Uri::parse(&fields.string("uri").unwrap_or_default()).ok_or_else(|| {
-        ConfigError::new(at("uri"), "must be an http:// or https:// URI with a host")
-    })?;
-    let cluster = fields.string("cluster").unwrap_or_default();
-    if cluster.is_empty() {
-        return Err(ConfigError::new(at("cluster"), "must be non-empty"));
-    }
-    let timeout_ms = fields.u64("timeout_ms").unwrap_or(DEFAULT_AUTHZ_TIMEOUT_MS);
-    if !(1..=60_000).contains(&timeout_ms) {
-        return Err(ConfigError::new(
-            at("timeout_ms"),
-            "must be between 1 and 60000",
-        ));
-    }
+    let (_, uri, cluster, timeout_ms) =
+        super::exchange::callout_target("authz_service", &mut fields, DEFAULT_AUTHZ_TIMEOUT_MS)?;
     let cache_secs = fields.u64("cache_secs").unwrap_or(DEFAULT_AUTHZ_CACHE_SECS);
     if cache_secs > 3600 {
         return Err(ConfigError::new(
