@@ -6,8 +6,10 @@ use crate::crypto::b64;
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::exchange::cache::{Cached, ExchangeCache};
+use crate::exchange::callout::Callout;
 use crate::exchange::record::State;
 use crate::exchange::{Exchange, TokenKey};
+use crate::login::{self, Endpoints, LoginError, LoginEvent, Redeem, Redirect, START_RANDOM_BYTES};
 use crate::policy::authz::Facts;
 use crate::policy::central::{self, Decision as PolicyDecision};
 use crate::policy::paths;
@@ -15,7 +17,7 @@ use crate::policy::rules::{first_match, Authenticator, AuthnRequirement, Rule, R
 use crate::stats::{AuthzEvent, Counter, ExchangeEvent, RuleEvent};
 use crate::token::cache::{Entry, Identity, TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::token::extract::Source;
-use crate::token::extract::{Found, HeaderEdit, Request};
+use crate::token::extract::{Found, HeaderEdit, Location, Request};
 use crate::token::jwks::KeySet;
 use crate::token::jwt;
 use serde_json::{Map, Value};
@@ -29,8 +31,11 @@ pub enum Outcome {
     Forward(Vec<HeaderEdit>),
     /// Answer it here.
     Deny(Deny),
-    /// One of the filter's own endpoints (a minted-token JWKS) answers it.
+    /// One of the filter's own endpoints (a minted-token JWKS, a login step) answers it.
     Reply(Reply),
+    /// A login step needs the identity provider's token endpoint: make this callout,
+    /// then finish with [`finish_login`].
+    Call(LoginCall),
     /// Pause until these providers' keys change (first fetch, or a refetch for an
     /// unknown `kid`), these exchange answers arrive, or a bound passes; then decide
     /// again with `waited = true`.
@@ -43,6 +48,76 @@ pub struct Reply {
     pub status: u32,
     pub content_type: &'static str,
     pub body: String,
+    /// More headers: a redirect's `location`, `set-cookie`s, `cache-control`.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    /// A 302 that nobody caches.
+    fn redirect(redirect: Redirect) -> Reply {
+        let mut headers = Vec::with_capacity(2 + redirect.set_cookies.len());
+        headers.push(("location".to_owned(), redirect.location));
+        headers.push(("cache-control".to_owned(), "no-store".to_owned()));
+        headers.extend(
+            redirect
+                .set_cookies
+                .into_iter()
+                .map(|c| ("set-cookie".to_owned(), c)),
+        );
+        Reply {
+            status: 302,
+            content_type: "text/plain",
+            body: String::new(),
+            headers,
+        }
+    }
+
+    /// A login failure as a short page: a fixed description, never a token or secret.
+    fn login_failure(error: LoginError) -> Reply {
+        Reply {
+            status: error.status(),
+            content_type: "text/html; charset=utf-8",
+            body: format!(
+                "<!doctype html><title>Sign-in failed</title><h1>Sign-in failed</h1><p>{}</p>",
+                error.description()
+            ),
+            headers: vec![("cache-control".to_owned(), "no-store".to_owned())],
+        }
+    }
+}
+
+/// A login step waiting on the token endpoint.
+#[derive(Debug)]
+pub struct LoginCall {
+    pub provider: usize,
+    pub callout: Callout,
+    pub step: LoginStep,
+}
+
+impl PartialEq for LoginCall {
+    fn eq(&self, other: &Self) -> bool {
+        self.provider == other.provider && self.callout == other.callout
+    }
+}
+impl Eq for LoginCall {}
+impl Clone for LoginCall {
+    fn clone(&self) -> Self {
+        LoginCall {
+            provider: self.provider,
+            callout: self.callout.clone(),
+            step: self.step.clone(),
+        }
+    }
+}
+
+/// Which login step a token endpoint callout is for.
+#[derive(Debug, Clone)]
+pub enum LoginStep {
+    /// The callback's code is being redeemed.
+    Redeem(Rc<Redeem>),
+    /// The session's refresh token is being used for this request (decided again with
+    /// the new token once it comes).
+    Refresh,
 }
 
 /// What a paused request waits for.
@@ -53,6 +128,8 @@ pub struct Waits {
     pub exchanges: Vec<(usize, TokenKey)>,
     /// The central policy's decision for this input key.
     pub central: Option<[u8; 32]>,
+    /// These providers' login endpoints (discovery).
+    pub logins: Vec<usize>,
 }
 
 /// What the host knows about a remote provider's keys right now.
@@ -143,12 +220,42 @@ impl PolicyService for NoPolicy {
     }
 }
 
+/// What the host knows of a login's identity provider endpoints.
+#[derive(Debug, Clone)]
+pub enum LoginEndpoints {
+    Ready(Rc<Endpoints>),
+    /// The discovery document is being fetched.
+    Pending,
+    Unavailable,
+}
+
+/// The host's side of browser login: the identity provider's endpoints, randomness.
+pub trait LoginService {
+    fn endpoints(&self, provider: usize) -> LoginEndpoints;
+    /// Fills `out` with random bytes (WASI `random_get` in the filter); false when
+    /// there are none to be had (then no login starts).
+    fn random(&self, out: &mut [u8]) -> bool;
+}
+
+/// For configurations without login (and for tests): static endpoints only.
+pub struct NoLoginService;
+
+impl LoginService for NoLoginService {
+    fn endpoints(&self, _: usize) -> LoginEndpoints {
+        LoginEndpoints::Unavailable
+    }
+    fn random(&self, _: &mut [u8]) -> bool {
+        false
+    }
+}
+
 /// The host services the flow consults.
 #[derive(Clone, Copy)]
 pub struct Services<'a> {
     pub keyring: &'a dyn Keyring,
     pub exchanges: &'a dyn ExchangeStore,
     pub policy: &'a dyn PolicyService,
+    pub login: &'a dyn LoginService,
 }
 
 impl Services<'static> {
@@ -158,6 +265,7 @@ impl Services<'static> {
             keyring: &NoRemoteKeys,
             exchanges: &NoExchanges,
             policy: &NoPolicy,
+            login: &NoLoginService,
         }
     }
 }
@@ -219,14 +327,8 @@ pub fn decide(
     caches: &mut Caches,
     waited: bool,
 ) -> Decision {
-    if let Some(reply) = own_endpoint(config, request) {
-        return Decision {
-            outcome: Outcome::Reply(reply),
-            counters: Vec::new(),
-            rule: None,
-            refusal: None,
-            dry_run: None,
-        };
+    if let Some(decision) = own_endpoint(config, services, request, now, waited) {
+        return decision;
     }
     // Identity headers go first, on every route: a client can't spoof them.
     let edits: Vec<HeaderEdit> = config
@@ -258,7 +360,50 @@ pub fn decide(
         now,
         waited,
     };
-    step.decide(caches, edits)
+    let mut decision = step.decide(caches, edits);
+    if let Outcome::Forward(edits) = &mut decision.outcome {
+        strip_login_cookies(config, request, edits);
+    }
+    decision
+}
+
+/// No login cookie (session, its chunks, sealed secrets, login state) reaches the
+/// upstream: the cookie edits so far are applied to the request's cookies, those are
+/// removed, and one edit says what is left.
+fn strip_login_cookies(config: &Config, request: &Request, edits: &mut Vec<HeaderEdit>) {
+    if !config.providers.iter().any(|p| p.login.is_some()) {
+        return;
+    }
+    let mut cookie: Option<String> = request.header("cookie").map(str::to_owned);
+    let mut touched = false;
+    edits.retain(|edit| match edit {
+        HeaderEdit::Remove(name) if name == "cookie" => {
+            cookie = None;
+            touched = true;
+            false
+        }
+        HeaderEdit::Set(name, value) if name == "cookie" => {
+            cookie = Some(value.clone());
+            touched = true;
+            false
+        }
+        _ => true,
+    });
+    let Some(current) = cookie else {
+        if touched {
+            edits.push(HeaderEdit::Remove("cookie".to_owned()));
+        }
+        return;
+    };
+    let names = config
+        .providers
+        .iter()
+        .filter_map(|p| p.login.as_ref().map(|l| l.cookie_name.as_str()));
+    match login::strip_cookies(&current, names) {
+        Some(kept) if kept == current && !touched => {}
+        Some(kept) => edits.push(HeaderEdit::Set("cookie".to_owned(), kept)),
+        None => edits.push(HeaderEdit::Remove("cookie".to_owned())),
+    }
 }
 
 /// One request under its matched rule.
@@ -295,16 +440,13 @@ impl Step<'_> {
             if optional {
                 return self.authorize(None, edits, counters);
             }
-            return refuse(
-                config,
-                Refusal::Authn(AuthnError::Missing),
-                rule_index,
-                counters,
-            );
+            return self.refuse_authn(AuthnError::Missing, None, counters);
         }
 
         let mut verified: Vec<(Rc<Identity>, &Found<'_>)> = Vec::new();
         let mut worst: Option<AuthnError> = None;
+        // A login session whose token was refused (expired): refreshed or signed in again.
+        let mut session_refused: Option<(usize, AuthnError)> = None;
         let mut waits = Waits::default();
         let context = Context {
             services: self.services,
@@ -347,6 +489,18 @@ impl Step<'_> {
                 Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
                 Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
                 Err(NotVerified::Refused(e)) => {
+                    if let (Authenticator::Provider(id), Location::Cookie(name)) =
+                        (*authenticator, &found.location)
+                    {
+                        let from_session = config
+                            .providers
+                            .get(id)
+                            .and_then(|p| p.login.as_ref())
+                            .is_some_and(|l| l.cookie_name == *name);
+                        if from_session {
+                            session_refused = Some((id, e));
+                        }
+                    }
                     if matches!(requirement, AuthnRequirement::All(_)) {
                         return refuse(config, Refusal::Authn(e), rule_index, counters);
                     }
@@ -369,7 +523,7 @@ impl Step<'_> {
             let error = worst
                 .or(jwt_for_exchange.then_some(AuthnError::UnexpectedJwt))
                 .unwrap_or(AuthnError::Missing);
-            return refuse(config, Refusal::Authn(error), rule_index, counters);
+            return self.refuse_authn(error, session_refused, counters);
         }
 
         for (identity, found) in &verified {
@@ -542,6 +696,104 @@ impl Step<'_> {
         }
     }
 
+    /// An authentication failure: a browser asking for a page is sent to sign in (or
+    /// its expired session refreshed) when the rule's providers have a login; anything
+    /// else is refused.
+    fn refuse_authn(
+        &self,
+        error: AuthnError,
+        session_refused: Option<(usize, AuthnError)>,
+        mut counters: Vec<Counter>,
+    ) -> Decision {
+        let rule_index = Some(self.index);
+        let provider = match session_refused {
+            Some((id, _)) => Some(id),
+            None if error == AuthnError::Missing => {
+                let listed = match &self.rule.action {
+                    RuleAction::Authn { requirement, .. } => requirement.authenticators(),
+                    RuleAction::Anonymous => &[],
+                };
+                listed.iter().find_map(|a| match *a {
+                    Authenticator::Provider(id)
+                        if self
+                            .config
+                            .providers
+                            .get(id)
+                            .is_some_and(|p| p.login.is_some()) =>
+                    {
+                        Some(id)
+                    }
+                    _ => None,
+                })
+            }
+            None => None,
+        };
+        let login = provider.and_then(|id| {
+            let login = self.config.providers.get(id)?.login.as_ref()?;
+            Some((id, login))
+        });
+        let Some((id, login)) = login else {
+            return refuse(self.config, Refusal::Authn(error), rule_index, counters);
+        };
+        let refreshable = login.refresh
+            && matches!(session_refused, Some((_, AuthnError::Expired)))
+            && !self.waited;
+        let browser = login::is_browser_page_request(self.request);
+        if !refreshable && !browser {
+            return refuse(self.config, Refusal::Authn(error), rule_index, counters);
+        }
+        let endpoints = match login_endpoints(self.services, id, login) {
+            LoginEndpoints::Ready(endpoints) => endpoints,
+            LoginEndpoints::Pending if !self.waited => {
+                let waits = Waits {
+                    logins: vec![id],
+                    ..Waits::default()
+                };
+                return wait(waits, counters, rule_index);
+            }
+            LoginEndpoints::Pending | LoginEndpoints::Unavailable => {
+                if browser {
+                    counters.push(Counter::Login(LoginEvent::Unavailable));
+                    return reply(Reply::login_failure(LoginError::Unavailable), counters);
+                }
+                return refuse(self.config, Refusal::Authn(error), rule_index, counters);
+            }
+        };
+        if refreshable {
+            if let Some(callout) = login::refresh_callout(login, &endpoints, self.request, self.now)
+            {
+                let call = LoginCall {
+                    provider: id,
+                    callout,
+                    step: LoginStep::Refresh,
+                };
+                return Decision {
+                    outcome: Outcome::Call(call),
+                    counters,
+                    rule: rule_index,
+                    refusal: None,
+                    dry_run: None,
+                };
+            }
+        }
+        if !browser {
+            return refuse(self.config, Refusal::Authn(error), rule_index, counters);
+        }
+        let mut random = [0u8; START_RANDOM_BYTES];
+        if !self.services.login.random(&mut random) {
+            counters.push(Counter::Login(LoginEvent::Unavailable));
+            return reply(Reply::login_failure(LoginError::Unavailable), counters);
+        }
+        let name = self
+            .config
+            .providers
+            .get(id)
+            .map_or("", |p| p.name.as_str());
+        let redirect = login::start(login, name, &endpoints, self.request, &random, self.now);
+        counters.push(Counter::Login(LoginEvent::Redirect));
+        reply(Reply::redirect(redirect), counters)
+    }
+
     fn authenticator_name(&self, authenticator: Authenticator) -> &str {
         match authenticator {
             Authenticator::Provider(i) => self.config.providers.get(i).map(|p| p.name.as_str()),
@@ -561,21 +813,224 @@ fn wait(waits: Waits, counters: Vec<Counter>, rule: Option<usize>) -> Decision {
     }
 }
 
-/// The filter's own endpoints, answered before any rule: `GET <mint.jwks_path>`.
-fn own_endpoint(config: &Config, request: &Request) -> Option<Reply> {
-    if config.jwks_paths.is_empty() || !matches!(request.method.as_str(), "GET" | "HEAD") {
-        return None;
-    }
+/// The filter's own endpoints, answered before any rule: `GET <mint.jwks_path>`, and a
+/// login's callback and logout paths.
+fn own_endpoint(
+    config: &Config,
+    services: Services<'_>,
+    request: &Request,
+    now: u64,
+    waited: bool,
+) -> Option<Decision> {
     let path = request.path_only();
-    config
-        .jwks_paths
-        .iter()
-        .find(|(served, _)| served == path)
-        .map(|(_, jwks)| Reply {
-            status: 200,
-            content_type: "application/json",
-            body: jwks.clone(),
+    if matches!(request.method.as_str(), "GET" | "HEAD") {
+        if let Some((_, jwks)) = config.jwks_paths.iter().find(|(served, _)| served == path) {
+            let reply = Reply {
+                status: 200,
+                content_type: "application/json",
+                body: jwks.clone(),
+                headers: vec![("cache-control".to_owned(), "max-age=300".to_owned())],
+            };
+            return Some(reply_decision(reply, Vec::new()));
+        }
+    }
+    let (id, login) = config.providers.iter().enumerate().find_map(|(id, p)| {
+        let login = p.login.as_ref()?;
+        let own = login.redirect_path == path || login.logout_path.as_deref() == Some(path);
+        own.then_some((id, login))
+    })?;
+    let endpoints = match login_endpoints(services, id, login) {
+        LoginEndpoints::Ready(endpoints) => Some(endpoints),
+        LoginEndpoints::Pending if !waited => {
+            let waits = Waits {
+                logins: vec![id],
+                ..Waits::default()
+            };
+            return Some(wait(waits, Vec::new(), None));
+        }
+        LoginEndpoints::Pending | LoginEndpoints::Unavailable => None,
+    };
+    if login.logout_path.as_deref() == Some(path) {
+        let redirect = login::logout(login, endpoints.as_deref(), request, now);
+        let counters = vec![Counter::Login(LoginEvent::Logout)];
+        return Some(reply_decision(Reply::redirect(redirect), counters));
+    }
+    let Some(endpoints) = endpoints else {
+        let counters = vec![Counter::Login(LoginEvent::Unavailable)];
+        return Some(reply_decision(
+            Reply::login_failure(LoginError::Unavailable),
+            counters,
+        ));
+    };
+    match login::callback(login, &endpoints, request, now) {
+        Ok(redeem) => Some(Decision {
+            outcome: Outcome::Call(LoginCall {
+                provider: id,
+                callout: redeem.callout.clone(),
+                step: LoginStep::Redeem(Rc::new(redeem)),
+            }),
+            counters: Vec::new(),
+            rule: None,
+            refusal: None,
+            dry_run: None,
+        }),
+        Err(error) => Some(reply_decision(
+            Reply::login_failure(error),
+            vec![Counter::Login(error.event())],
+        )),
+    }
+}
+
+fn reply_decision(reply: Reply, counters: Vec<Counter>) -> Decision {
+    Decision {
+        outcome: Outcome::Reply(reply),
+        counters,
+        rule: None,
+        refusal: None,
+        dry_run: None,
+    }
+}
+
+fn reply(reply: Reply, counters: Vec<Counter>) -> Decision {
+    reply_decision(reply, counters)
+}
+
+/// A login's endpoints: as configured, or as the host read them from discovery.
+fn login_endpoints(services: Services<'_>, id: usize, login: &login::Login) -> LoginEndpoints {
+    match &login.endpoints {
+        login::EndpointSource::Static(endpoints) => {
+            LoginEndpoints::Ready(Rc::new(endpoints.clone()))
+        }
+        login::EndpointSource::Discovery(_) => services.login.endpoints(id),
+    }
+}
+
+/// The provider's keys as they are now, for checking a login's tokens.
+fn current_keys(config: &Config, services: Services<'_>, id: usize) -> Option<Rc<KeySet>> {
+    match &config.providers.get(id)?.keys {
+        KeySource::Inline(keys) => Some(keys.clone()),
+        KeySource::Remote(_) => match services.keyring.keys(id) {
+            Keys::Ready(keys) => Some(keys),
+            Keys::Pending | Keys::Unavailable => None,
+        },
+    }
+}
+
+/// What the token endpoint answered for a login step.
+#[derive(Debug)]
+pub enum LoginFinish {
+    /// Answer the browser with this.
+    Reply(Reply, Vec<Counter>),
+    /// A refreshed session: decide `request` (carrying the new token) again and add
+    /// these `set-cookie`s to its response.
+    Retry {
+        request: Request,
+        set_cookies: Vec<String>,
+        counters: Vec<Counter>,
+    },
+    /// The refresh failed: decide the request as it was, without refreshing again.
+    Unrefreshed(Vec<Counter>),
+}
+
+/// Finishes a login step with the token endpoint's answer (`status` 0: no answer).
+pub fn finish_login(
+    config: &Config,
+    services: Services<'_>,
+    call: &LoginCall,
+    request: &Request,
+    status: u32,
+    body: &[u8],
+    now: u64,
+) -> LoginFinish {
+    let Some(provider) = config.providers.get(call.provider) else {
+        return LoginFinish::Unrefreshed(Vec::new());
+    };
+    let Some(login) = provider.login.as_ref() else {
+        return LoginFinish::Unrefreshed(Vec::new());
+    };
+    let keys = current_keys(config, services, call.provider);
+    let mut nonce = [0u8; 24];
+    let keys = keys.filter(|_| services.login.random(&mut nonce));
+    match &call.step {
+        LoginStep::Redeem(redeem) => {
+            let result = match &keys {
+                Some(keys) => login::redeemed(
+                    login::Trust {
+                        login,
+                        policy: &provider.policy,
+                        keys,
+                    },
+                    redeem,
+                    status,
+                    body,
+                    now,
+                    nonce,
+                ),
+                None => Err(LoginError::Unavailable),
+            };
+            match result {
+                Ok(redirect) => LoginFinish::Reply(
+                    Reply::redirect(redirect),
+                    vec![Counter::Login(LoginEvent::Success)],
+                ),
+                Err(error) => LoginFinish::Reply(
+                    Reply::login_failure(error),
+                    vec![Counter::Login(error.event())],
+                ),
+            }
+        }
+        LoginStep::Refresh => {
+            let result = keys.ok_or(LoginError::Unavailable).and_then(|keys| {
+                login::refreshed(
+                    login::Trust {
+                        login,
+                        policy: &provider.policy,
+                        keys: &keys,
+                    },
+                    request,
+                    status,
+                    body,
+                    now,
+                    nonce,
+                )
+            });
+            match result {
+                Ok((token, set_cookies)) => LoginFinish::Retry {
+                    request: with_session_token(request, &login.cookie_name, &token),
+                    set_cookies,
+                    counters: vec![Counter::Login(LoginEvent::Refresh)],
+                },
+                Err(_) => {
+                    LoginFinish::Unrefreshed(vec![Counter::Login(LoginEvent::RefreshFailure)])
+                }
+            }
+        }
+    }
+}
+
+/// The request with its session cookie (and chunks) replaced by `token`.
+fn with_session_token(request: &Request, session: &str, token: &str) -> Request {
+    let mut request = request.clone();
+    let kept = request
+        .header("cookie")
+        .and_then(|c| {
+            crate::login::cookies::strip(c, |name| {
+                name == session
+                    || name
+                        .strip_prefix(session)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
         })
+        .unwrap_or_default();
+    let cookie = if kept.is_empty() {
+        format!("{session}={token}")
+    } else {
+        format!("{kept}; {session}={token}")
+    };
+    request.headers.retain(|(n, _)| n != "cookie");
+    request.headers.push(("cookie".to_owned(), cookie));
+    request
 }
 
 /// The tokens to try, in the rule's order, and whether an exchange's source held a JWT
@@ -1261,6 +1716,7 @@ mod remote_tests {
             keyring: ring,
             exchanges: &NoExchanges,
             policy: &NoPolicy,
+            login: &NoLoginService,
         };
         decide(&config, services, &request, NOW, &mut cache, waited)
     }
@@ -1281,7 +1737,8 @@ mod remote_tests {
             Outcome::Wait(Waits {
                 providers: vec![0],
                 exchanges: vec![],
-                central: None
+                central: None,
+                logins: Vec::new(),
             })
         );
         let after = decide_with(&pending, &t, true);
@@ -1323,7 +1780,8 @@ mod remote_tests {
             Outcome::Wait(Waits {
                 providers: vec![0],
                 exchanges: vec![],
-                central: None
+                central: None,
+                logins: Vec::new(),
             })
         );
         let after = decide_with(&ready, &t, true);
@@ -1443,6 +1901,7 @@ mod exchange_tests {
             keyring: &NoRemoteKeys,
             exchanges: store,
             policy: &NoPolicy,
+            login: &NoLoginService,
         };
         decide(config, services, &request(auth), NOW, caches, waited)
     }
@@ -1730,6 +2189,7 @@ mod authz_tests {
             keyring: &NoRemoteKeys,
             exchanges: &NoExchanges,
             policy,
+            login: &NoLoginService,
         };
         decide(
             config,
@@ -2031,5 +2491,430 @@ mod authz_tests {
         assert!(later
             .counters
             .contains(&Counter::AuthzService(AuthzEvent::Failure)));
+    }
+}
+
+#[cfg(test)]
+mod login_tests {
+    use super::*;
+    use crate::login::pkce::challenge_s256;
+    use crate::testutil::{good_claims, public_jwks, token, ISSUER, NOW};
+    use serde_json::json;
+    use std::cell::Cell;
+
+    /// Randomness that differs on every call, and is known.
+    struct FakeLogin(Cell<u8>);
+
+    impl LoginService for FakeLogin {
+        fn endpoints(&self, _: usize) -> LoginEndpoints {
+            LoginEndpoints::Unavailable
+        }
+        fn random(&self, out: &mut [u8]) -> bool {
+            let seed = self.0.get().wrapping_add(1);
+            self.0.set(seed);
+            out.iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = seed.wrapping_mul(31).wrapping_add(i as u8));
+            true
+        }
+    }
+
+    fn config() -> Config {
+        let doc = json!({
+            "providers": {"corp": {
+                "issuer": ISSUER,
+                "audiences": ["orders"],
+                "jwks": {"inline": public_jwks()},
+                "forward": {"claims": {"sub": "x-user"}},
+                "login": {
+                    "authorization_endpoint": "https://idp.test/authorize",
+                    "token_endpoint": "http://idp.test/token",
+                    "end_session_endpoint": "https://idp.test/logout",
+                    "cluster": "idp",
+                    "client": {"id": "web", "secret": "s3cret"},
+                    "scopes": ["openid", "profile"],
+                    "logout_path": "/oauth2/logout",
+                    "cookie_secret": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"
+                }
+            }}
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut all = vec![
+            (":scheme".to_owned(), "https".to_owned()),
+            (
+                "accept".to_owned(),
+                "text/html,application/xhtml+xml".to_owned(),
+            ),
+        ];
+        all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        Request {
+            method: method.into(),
+            path: path.into(),
+            host: "gw.test".into(),
+            headers: all,
+        }
+    }
+
+    fn run(config: &Config, login: &FakeLogin, request: &Request) -> Decision {
+        let services = Services {
+            login,
+            ..Services::local()
+        };
+        let mut caches = Caches::for_config(config);
+        decide(config, services, request, NOW, &mut caches, false)
+    }
+
+    fn header<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
+        reply
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn query_value(url: &str, name: &str) -> String {
+        let (_, query) = url.split_once('?').unwrap();
+        let raw = query
+            .split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap();
+        crate::login::tests_decode(raw)
+    }
+
+    /// `name=value` of a Set-Cookie line.
+    fn cookie_pair(set_cookie: &str) -> &str {
+        set_cookie.split(';').next().unwrap()
+    }
+
+    fn id_token(nonce: &str) -> String {
+        token(
+            "rs256",
+            &json!({"iss": ISSUER, "aud": "web", "sub": "alice", "nonce": nonce,
+                    "iat": NOW - 1, "exp": NOW + 300, "sid": "s-1"}),
+        )
+    }
+
+    /// Signs in: the redirect, the callback, the token endpoint's answer. Returns the
+    /// callback's call, the redirect's state cookie and the final reply.
+    fn sign_in(
+        config: &Config,
+        login: &FakeLogin,
+        answer: impl Fn(&str) -> (u32, String),
+    ) -> (Reply, Vec<Counter>) {
+        let start = run(config, login, &request("GET", "/orders/7?x=1", &[]));
+        let Outcome::Reply(redirect) = start.outcome else {
+            panic!("{:?}", start.outcome)
+        };
+        let location = header(&redirect, "location")[0].to_owned();
+        let state = query_value(&location, "state");
+        let nonce = query_value(&location, "nonce");
+        let state_cookie = cookie_pair(header(&redirect, "set-cookie")[0]).to_owned();
+        let callback = request(
+            "GET",
+            &format!("/oauth2/callback?code=c0de&state={state}"),
+            &[("cookie", &state_cookie)],
+        );
+        let decision = run(config, login, &callback);
+        let Outcome::Call(call) = decision.outcome else {
+            panic!("{:?}", decision.outcome)
+        };
+        let (status, body) = answer(&nonce);
+        match finish_login(
+            config,
+            Services {
+                login,
+                ..Services::local()
+            },
+            &call,
+            &callback,
+            status,
+            body.as_bytes(),
+            NOW,
+        ) {
+            LoginFinish::Reply(reply, counters) => (reply, counters),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn good_answer(nonce: &str) -> (u32, String) {
+        let body = json!({"access_token": token("rs256", &good_claims()),
+                          "id_token": id_token(nonce), "token_type": "Bearer",
+                          "expires_in": 600});
+        (200, body.to_string())
+    }
+
+    #[test]
+    fn a_browser_without_a_session_is_sent_to_sign_in_with_pkce_and_a_sealed_state() {
+        let config = config();
+        let decision = run(
+            &config,
+            &FakeLogin(Cell::new(0)),
+            &request("GET", "/orders", &[]),
+        );
+        let Outcome::Reply(reply) = decision.outcome else {
+            panic!("{:?}", decision.outcome)
+        };
+        assert_eq!(reply.status, 302);
+        let location = header(&reply, "location")[0];
+        assert!(location.starts_with("https://idp.test/authorize?response_type=code&client_id=web&redirect_uri=https%3A%2F%2Fgw.test%2Foauth2%2Fcallback&scope=openid%20profile&state="), "{location}");
+        assert!(
+            location.ends_with("&code_challenge_method=S256"),
+            "{location}"
+        );
+        let state = query_value(location, "state");
+        let cookie = header(&reply, "set-cookie")[0];
+        assert!(
+            cookie.starts_with(&format!("tg_session.login.{}=", &state[..8])),
+            "{cookie}"
+        );
+        assert!(cookie.contains("HttpOnly") && cookie.contains("Path=/oauth2/callback"));
+        assert!(decision
+            .counters
+            .contains(&Counter::Login(LoginEvent::Redirect)));
+    }
+
+    #[test]
+    fn an_api_call_or_a_post_without_a_session_still_gets_401() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let mut api = request("GET", "/orders", &[]);
+        api.headers.retain(|(n, _)| n != "accept");
+        api.headers
+            .push(("accept".into(), "application/json".into()));
+        let post = request("POST", "/orders", &[]);
+        for request in [api, post] {
+            let Outcome::Deny(deny) = run(&config, &login, &request).outcome else {
+                panic!()
+            };
+            assert_eq!(deny.status, 401);
+        }
+    }
+
+    #[test]
+    fn the_whole_flow_sets_the_session_cookie_and_goes_back_to_the_page() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let (reply, counters) = sign_in(&config, &login, good_answer);
+        assert_eq!(reply.status, 302, "{}", reply.body);
+        assert_eq!(header(&reply, "location"), vec!["/orders/7?x=1"]);
+        assert!(counters.contains(&Counter::Login(LoginEvent::Success)));
+        let cookies = header(&reply, "set-cookie");
+        let session = cookies
+            .iter()
+            .find(|c| c.starts_with("tg_session="))
+            .unwrap();
+        assert_eq!(
+            cookie_pair(session),
+            format!("tg_session={}", token("rs256", &good_claims()))
+        );
+        assert!(session.contains("HttpOnly") && session.contains("Secure"));
+        assert!(cookies.iter().any(|c| c.starts_with("tg_session.aux=")));
+        assert!(cookies
+            .iter()
+            .any(|c| c.starts_with("tg_session.login.") && c.contains("Max-Age=0")));
+
+        // The session cookie now authenticates; no login cookie goes upstream.
+        let aux = cookie_pair(
+            cookies
+                .iter()
+                .find(|c| c.starts_with("tg_session.aux="))
+                .unwrap(),
+        );
+        let jar = format!("theme=dark; {}; {aux}", cookie_pair(session));
+        let decision = run(
+            &config,
+            &login,
+            &request("GET", "/orders/7", &[("cookie", &jar)]),
+        );
+        let Outcome::Forward(edits) = decision.outcome else {
+            panic!("{:?}", decision.outcome)
+        };
+        assert!(edits.contains(&HeaderEdit::Set("x-user".into(), "alice".into())));
+        assert!(edits.contains(&HeaderEdit::Set("cookie".into(), "theme=dark".into())));
+        assert_eq!(
+            edits
+                .iter()
+                .filter(
+                    |e| matches!(e, HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) if n == "cookie")
+                )
+                .count(),
+            1
+        );
+
+        // Logout clears the cookies and hands the ID token to the end-session endpoint.
+        let decision = run(
+            &config,
+            &login,
+            &request("GET", "/oauth2/logout", &[("cookie", &jar)]),
+        );
+        let Outcome::Reply(reply) = decision.outcome else {
+            panic!()
+        };
+        let location = header(&reply, "location")[0];
+        assert!(
+            location.starts_with("https://idp.test/logout?id_token_hint=ey"),
+            "{location}"
+        );
+        assert!(location.contains("post_logout_redirect_uri=https%3A%2F%2Fgw.test%2F"));
+        let cleared = header(&reply, "set-cookie");
+        assert!(cleared
+            .iter()
+            .any(|c| c.starts_with("tg_session=;") && c.contains("Max-Age=0")));
+        assert!(cleared.iter().any(|c| c.starts_with("tg_session.aux=;")));
+    }
+
+    #[test]
+    fn the_code_is_redeemed_with_the_verifier_of_the_challenge_and_basic_auth() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let start = run(&config, &login, &request("GET", "/", &[]));
+        let Outcome::Reply(redirect) = start.outcome else {
+            panic!()
+        };
+        let location = header(&redirect, "location")[0];
+        let state = query_value(location, "state");
+        let challenge = query_value(location, "code_challenge");
+        let cookie = cookie_pair(header(&redirect, "set-cookie")[0]).to_owned();
+        let callback = request(
+            "GET",
+            &format!(
+                "/oauth2/callback?code=c0de&state={state}&iss={}",
+                crate::exchange::callout::percent_encode(ISSUER)
+            ),
+            &[("cookie", &cookie)],
+        );
+        let Outcome::Call(call) = run(&config, &login, &callback).outcome else {
+            panic!()
+        };
+        let body = String::from_utf8(call.callout.body.clone()).unwrap();
+        let verifier = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("code_verifier="))
+            .unwrap();
+        assert_eq!(challenge_s256(verifier), challenge);
+        assert!(body.starts_with("grant_type=authorization_code&code=c0de&redirect_uri="));
+        assert!(call
+            .callout
+            .headers
+            .iter()
+            .any(|(n, v)| n == "authorization" && v.starts_with("Basic ")));
+        assert_eq!(call.callout.cluster, "idp");
+    }
+
+    #[test]
+    fn a_callback_with_another_state_a_foreign_issuer_or_no_cookie_is_refused() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let start = run(&config, &login, &request("GET", "/", &[]));
+        let Outcome::Reply(redirect) = start.outcome else {
+            panic!()
+        };
+        let state = query_value(header(&redirect, "location")[0], "state");
+        let cookie = cookie_pair(header(&redirect, "set-cookie")[0]).to_owned();
+        let mut forged = state.clone();
+        forged.replace_range(20..21, if &state[20..21] == "A" { "B" } else { "A" });
+        let cases = [
+            format!("/oauth2/callback?code=c&state={forged}"),
+            format!("/oauth2/callback?code=c&state={state}&iss=https%3A%2F%2Fevil.test"),
+            "/oauth2/callback?code=c".to_owned(),
+        ];
+        for path in cases {
+            let decision = run(
+                &config,
+                &login,
+                &request("GET", &path, &[("cookie", &cookie)]),
+            );
+            let Outcome::Reply(reply) = decision.outcome else {
+                panic!("{path}")
+            };
+            assert_eq!(reply.status, 400, "{path}");
+            assert!(!reply.body.contains(&state));
+            assert!(decision
+                .counters
+                .contains(&Counter::Login(LoginEvent::StateMismatch)));
+        }
+        let no_cookie = request(
+            "GET",
+            &format!("/oauth2/callback?code=c&state={state}"),
+            &[],
+        );
+        let Outcome::Reply(reply) = run(&config, &login, &no_cookie).outcome else {
+            panic!()
+        };
+        assert_eq!(reply.status, 400);
+    }
+
+    #[test]
+    fn an_id_token_with_another_nonce_audience_or_signer_is_refused() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        type Answer = fn(&str) -> (u32, String);
+        let bad_answers: [Answer; 3] = [
+            |_| good_answer("another-nonce"),
+            |nonce| {
+                let id = token(
+                    "rs256",
+                    &json!({"iss": ISSUER, "aud": "other", "sub": "a", "nonce": nonce, "iat": NOW, "exp": NOW + 60}),
+                );
+                (
+                    200,
+                    json!({"access_token": token("rs256", &good_claims()), "id_token": id})
+                        .to_string(),
+                )
+            },
+            |nonce| {
+                let id = token(
+                    "rs256-other",
+                    &json!({"iss": ISSUER, "aud": "web", "sub": "a", "nonce": nonce, "iat": NOW, "exp": NOW + 60}),
+                );
+                (
+                    200,
+                    json!({"access_token": token("rs256", &good_claims()), "id_token": id})
+                        .to_string(),
+                )
+            },
+        ];
+        for answer in bad_answers {
+            let (reply, counters) = sign_in(&config, &login, answer);
+            assert_eq!(reply.status, 401, "{}", reply.body);
+            assert!(counters.contains(&Counter::Login(LoginEvent::IdTokenInvalid)));
+            assert!(reply.headers.iter().all(|(n, _)| n != "set-cookie"));
+        }
+    }
+
+    #[test]
+    fn a_refused_code_or_a_failing_token_endpoint_is_a_clear_page() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let (reply, counters) = sign_in(&config, &login, |_| {
+            (400, json!({"error": "invalid_grant"}).to_string())
+        });
+        assert_eq!(reply.status, 400);
+        assert!(counters.contains(&Counter::Login(LoginEvent::TokenEndpointFailure)));
+        let (reply, _) = sign_in(&config, &login, |_| (0, String::new()));
+        assert_eq!(reply.status, 503);
+        assert!(reply.content_type.starts_with("text/html"));
+    }
+
+    #[test]
+    fn an_access_token_the_provider_would_refuse_never_becomes_a_session() {
+        let config = config();
+        let login = FakeLogin(Cell::new(0));
+        let (reply, _) = sign_in(&config, &login, |nonce| {
+            let wrong_audience = token(
+                "rs256",
+                &json!({"iss": ISSUER, "aud": "billing", "sub": "a", "exp": NOW + 60}),
+            );
+            (
+                200,
+                json!({"access_token": wrong_audience, "id_token": id_token(nonce)}).to_string(),
+            )
+        });
+        assert_eq!(reply.status, 502);
+        assert!(reply.headers.iter().all(|(n, _)| n != "set-cookie"));
     }
 }

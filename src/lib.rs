@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod flow;
 pub mod host;
 pub mod json;
+pub mod login;
 pub mod policy;
 pub mod remote;
 pub mod stats;

@@ -22,6 +22,8 @@ pub enum Counter {
     Rule(usize, RuleEvent),
     /// `tokengate.authz_service.<event>`.
     AuthzService(AuthzEvent),
+    /// `tokengate.login.<event>`.
+    Login(crate::login::LoginEvent),
 }
 
 /// What a rule decided.
@@ -126,6 +128,7 @@ impl Counter {
                 };
                 format!("tokengate.authz_service.{event}")
             }
+            Counter::Login(event) => format!("tokengate.login.{}", event.name()),
         }
     }
 }

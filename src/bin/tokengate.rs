@@ -365,8 +365,17 @@ fn render(config: &Config, e: &Explanation, central: CentralAnswer, have_jwks: b
                 };
             }
         }
-        Outcome::Reply(_) => {
-            let _ = writeln!(out, "decision  answered by the filter");
+        Outcome::Reply(reply) => {
+            let _ = writeln!(out, "decision  answered by the filter: {}", reply.status);
+            for (name, value) in reply.headers.iter().filter(|(n, _)| n == "location") {
+                let _ = writeln!(out, "          {name}: {value}");
+            }
+        }
+        Outcome::Call(_) => {
+            let _ = writeln!(
+                out,
+                "decision  a login callback: the filter redeems the code at the token endpoint"
+            );
         }
         Outcome::Deny(deny) => {
             let reason = e.decision.refusal.map_or("refused", Refusal::reason);

@@ -264,6 +264,17 @@ pub(super) fn callout_target(
             "must be an http:// or https:// URI with a host",
         )
     })?;
+    let (cluster, timeout_ms) = callout_target_parts(at, fields, default_timeout_ms)?;
+    Ok((text, uri, cluster, timeout_ms))
+}
+
+/// `cluster` and `timeout_ms` of the object at `at`: what every callout needs besides
+/// its URI.
+pub(super) fn callout_target_parts(
+    at: &str,
+    fields: &mut Slots,
+    default_timeout_ms: u64,
+) -> Result<(String, u64), ConfigError> {
     let cluster = fields.string("cluster").unwrap_or_default();
     if cluster.is_empty() {
         return Err(ConfigError::new(
@@ -278,7 +289,7 @@ pub(super) fn callout_target(
         1,
         60_000,
     )?;
-    Ok((text, uri, cluster, timeout_ms))
+    Ok((cluster, timeout_ms))
 }
 
 pub fn compile_exchange(

@@ -5,6 +5,7 @@
 
 use crate::crypto::alg::Alg;
 use crate::exchange::Exchange;
+use crate::login::Login;
 use crate::policy::central::AuthzService;
 use crate::policy::rules::{
     Authenticator, AuthnRequirement, HeaderMatch, Matcher, PathMatch, Rule, RuleAction,
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 mod exchange;
+mod login;
 mod policy;
 #[cfg(feature = "cli")]
 pub mod schema;
@@ -74,6 +76,7 @@ pub struct RawProvider {
     pub require_exp: Option<bool>,
     pub max_token_bytes: Option<usize>,
     pub forward: RawForward,
+    pub login: Option<login::RawLogin>,
 }
 
 #[derive(Debug)]
@@ -158,6 +161,8 @@ pub struct Provider {
     pub keys: KeySource,
     pub sources: Vec<Source>,
     pub forward: Forward,
+    /// Browser sign-in; its session cookie is the last of `sources`.
+    pub login: Option<Rc<Login>>,
 }
 
 /// The validated configuration the filter runs on.
@@ -438,6 +443,12 @@ const PROVIDER_FIELDS: &[Field] = &[
         "What a verified token sends upstream.",
     )
     .nested(Shape::Object(FORWARD_FIELDS)),
+    optional(
+        "login",
+        Kind::Object,
+        "Browser sign-in (OIDC authorization code flow with PKCE): a browser GET without a valid session is sent to the identity provider; the session cookie is then one of this provider's sources.",
+    )
+    .nested(Shape::Object(login::LOGIN_FIELDS)),
 ];
 const JWKS_FIELDS: &[Field] = &[
     optional(
@@ -743,6 +754,10 @@ impl Reader {
             None => RawForward::default(),
             Some(value) => self.forward(value, &field_path(at, "forward"))?,
         };
+        let login = fields
+            .value("login")
+            .map(|value| self.login(value, &field_path(at, "login")))
+            .transpose()?;
         Ok(RawProvider {
             issuer: fields.string("issuer").unwrap_or_default(),
             audiences: fields.strings("audiences"),
@@ -757,6 +772,7 @@ impl Reader {
                 .u64("max_token_bytes")
                 .and_then(|n| usize::try_from(n).ok()),
             forward,
+            login,
         })
     }
 
@@ -1243,6 +1259,16 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     for name in &identity_headers {
         reads.add_header(name);
     }
+    if providers.iter().any(|p| p.login.is_some()) {
+        // The login's own endpoints, the browser test (GET, Accept: text/html), the
+        // redirect URI (scheme and host) and the cookies removed on every route.
+        reads.method = true;
+        reads.path = true;
+        reads.host = true;
+        reads.add_header(":scheme");
+        reads.add_header("accept");
+        reads.add_header("cookie");
+    }
     let query_sources: Vec<String> = providers
         .iter()
         .flat_map(|p| &p.sources)
@@ -1349,9 +1375,18 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         ));
     }
 
-    let sources = compile_sources(&at("sources"), raw.sources)?;
+    let mut sources = compile_sources(&at("sources"), raw.sources)?;
 
     let forward = compile_forward(&at("forward"), raw.forward)?;
+
+    let login = raw
+        .login
+        .map(|l| login::compile_login(&at("login"), l, &raw.issuer))
+        .transpose()?;
+    if let Some(login) = &login {
+        // The session cookie is a source like any other, tried last.
+        sources.push(Source::SessionCookie(login.cookie_name.clone()));
+    }
 
     Ok(Provider {
         name: name.to_owned(),
@@ -1367,6 +1402,7 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         keys,
         sources,
         forward,
+        login: login.map(Rc::new),
     })
 }
 

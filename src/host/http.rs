@@ -4,11 +4,12 @@
 use super::central::{self, HostPolicy};
 use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
+use super::login::{self, HostLogin};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::exchange::TokenKey;
-use crate::flow::{decide, Decision, Outcome, Services, Waits};
+use crate::flow::{decide, Decision, LoginFinish, Outcome, Reply, Services, Waits};
 use crate::token::extract::{HeaderEdit, Reads, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -31,6 +32,8 @@ pub struct Waiter {
     exchanges: Vec<(usize, TokenKey)>,
     /// The central decision it waits for.
     central: Option<[u8; 32]>,
+    /// The providers whose login endpoints it waits for.
+    logins: Vec<usize>,
     pub deadline_ms: u64,
 }
 
@@ -53,6 +56,12 @@ impl Waiter {
                 .central
                 .as_ref()
                 .is_some_and(|key| central::answered(state, key))
+            || self.logins.iter().any(|p| {
+                !matches!(
+                    state.logins.endpoints(*p),
+                    crate::flow::LoginEndpoints::Pending
+                )
+            })
     }
 }
 
@@ -154,10 +163,12 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         now_ms,
         resumed: attempt.resumed,
     };
+    let login = HostLogin { state };
     let services = Services {
         keyring: &keyring,
         exchanges: &exchanges,
         policy: &policy,
+        login: &login,
     };
     let mut caches = state.caches.borrow_mut();
     decide(
@@ -172,7 +183,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
 
 /// Applies a decision to the current (effective) HTTP context. Returns whether the
 /// request should continue upstream.
-fn apply(state: &VmState, context_id: u32, decision: Decision) -> bool {
+fn apply(state: &VmState, context_id: u32, request: &Request, decision: Decision) -> bool {
     tally(state, &decision);
     if let Some(refusal) = decision.dry_run {
         // The rule is on trial: what it would refuse is logged (name and reason only).
@@ -215,12 +226,19 @@ fn apply(state: &VmState, context_id: u32, decision: Decision) -> bool {
             false
         }
         Outcome::Reply(reply) => {
-            let headers = vec![
-                ("content-type", reply.content_type),
-                ("cache-control", "max-age=300"),
-            ];
-            let _ =
-                hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+            send_reply(&reply);
+            false
+        }
+        Outcome::Call(call) => {
+            // The token endpoint's answer comes to this context (`on_http_call_response`).
+            if !state.logins.call(context_id, call, request.clone()) {
+                let error = crate::login::LoginError::TokenEndpointFailure;
+                state
+                    .metrics
+                    .tally(crate::stats::Counter::Login(error.event()));
+                let finish = LoginFinish::Unrefreshed(Vec::new());
+                apply_login_finish(state, context_id, request, finish);
+            }
             false
         }
         Outcome::Wait(_) => {
@@ -233,6 +251,51 @@ fn apply(state: &VmState, context_id: u32, decision: Decision) -> bool {
             send(&deny);
             false
         }
+    }
+}
+
+/// Sends one of the filter's own responses.
+pub fn send_reply(reply: &Reply) {
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + reply.headers.len());
+    headers.push(("content-type", reply.content_type));
+    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let _ = hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+}
+
+/// Ends a paused request whose login step the token endpoint answered: a page or
+/// redirect for the browser, or (a refresh) the request decided again, with the new
+/// session cookies on its response.
+pub fn apply_login_finish(
+    state: &VmState,
+    context_id: u32,
+    request: &Request,
+    finish: LoginFinish,
+) {
+    let (request, counters) = match finish {
+        LoginFinish::Reply(reply, counters) => {
+            counters.iter().for_each(|c| state.metrics.tally(*c));
+            send_reply(&reply);
+            return;
+        }
+        LoginFinish::Retry {
+            request,
+            set_cookies,
+            counters,
+        } => {
+            let mut pending = state.response_headers.borrow_mut();
+            pending.extend(
+                set_cookies
+                    .into_iter()
+                    .map(|cookie| (context_id, "set-cookie".to_owned(), cookie)),
+            );
+            (request, counters)
+        }
+        LoginFinish::Unrefreshed(counters) => (request.clone(), counters),
+    };
+    counters.iter().for_each(|c| state.metrics.tally(*c));
+    let decision = run(state, context_id, &request, Attempt::resumed(true));
+    if apply(state, context_id, &request, decision) {
+        let _ = hostcalls::resume_http_request();
     }
 }
 
@@ -293,7 +356,7 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
         state.waiters.borrow_mut().push(again);
         return;
     }
-    if apply(state, waiter.context_id, decision) {
+    if apply(state, waiter.context_id, &waiter.request, decision) {
         let _ = hostcalls::resume_http_request();
     }
 }
@@ -333,12 +396,16 @@ fn park(
         seen,
         exchanges: waits.exchanges.clone(),
         central: waits.central,
+        logins: waits.logins.clone(),
         deadline_ms: deadline_ms.unwrap_or_else(|| now_ms() + wait_ms),
     }
 }
 
 impl Context for Http {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        if login::on_response(&self.state, token_id, body_size) {
+            return;
+        }
         if exchanges::on_response(&self.state, token_id, body_size)
             || central::on_response(&self.state, token_id, body_size)
         {
@@ -358,7 +425,7 @@ impl HttpContext for Http {
             self.state.set_tick(BUSY_TICK_MS);
             return Action::Pause;
         }
-        if apply(&self.state, self.context_id, decision) {
+        if apply(&self.state, self.context_id, &request, decision) {
             Action::Continue
         } else {
             Action::Pause
@@ -389,6 +456,7 @@ impl HttpContext for Http {
             .retain(|w| w.context_id != self.context_id);
         exchanges::forget_context(&self.state, self.context_id);
         central::forget_context(&self.state, self.context_id);
+        self.state.logins.forget_context(self.context_id);
         self.state
             .response_headers
             .borrow_mut()

@@ -6,6 +6,7 @@ mod central;
 mod exchanges;
 mod http;
 mod keys;
+mod login;
 mod metrics;
 mod root;
 

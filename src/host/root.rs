@@ -5,6 +5,7 @@ use super::central::PolicyCalls;
 use super::exchanges::Flights;
 use super::http::{wake, Http, Waiter};
 use super::keys::KeyStore;
+use super::login::Logins;
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::flow::Caches;
@@ -48,6 +49,8 @@ pub struct VmState {
     /// (context, name, value): headers to add to a stream's response.
     pub response_headers: RefCell<Vec<(u32, String, String)>>,
     pub keys: RefCell<KeyStore>,
+    /// Login endpoints (discovery) and token endpoint callouts.
+    pub logins: Logins,
     pub waiters: RefCell<Vec<Waiter>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
@@ -87,10 +90,12 @@ impl Root {
             keys.start_due_fetches(&state.metrics);
             changed
         };
+        state.logins.start_due_fetches(state, now);
         self.keys_changed(state, &changed);
         wake(state);
         state.metrics.flush(now);
         let busy = state.keys.borrow().busy()
+            || state.logins.busy()
             || !state.waiters.borrow().is_empty()
             || !state.flights.is_empty()
             || !state.policy.is_empty();
@@ -110,6 +115,13 @@ impl Context for Root {
         let Some(state) = self.state.clone() else {
             return;
         };
+        if state
+            .logins
+            .on_discovery_response(&state, token_id, body_size)
+        {
+            wake(&state);
+            return;
+        }
         let finished = {
             let mut keys = state.keys.borrow_mut();
             keys.now_ms.set(now_ms());
@@ -141,7 +153,8 @@ impl RootContext for Root {
                 let caches = Caches::for_config(&config);
                 let nonce = vm_nonce();
                 let keys = KeyStore::new(&config, nonce);
-                let remote = !keys.remotes.is_empty();
+                let logins = Logins::new(&config);
+                let remote = !keys.remotes.is_empty() || logins.needs_discovery();
                 log::info!(
                     "tokengate: configured {} provider(s), {} exchange(s), {} rule(s)",
                     config.providers.len(),
@@ -162,6 +175,7 @@ impl RootContext for Root {
                     policy: PolicyCalls::default(),
                     response_headers: RefCell::new(Vec::new()),
                     keys: RefCell::new(keys),
+                    logins,
                     waiters: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
                 });

@@ -167,7 +167,7 @@ pub fn place_token(config: &Config, mut request: Request, token: &str) -> Reques
             let value = format!("{}{token}", prefix.unwrap_or_default());
             request.headers.push((name, value));
         }
-        Source::Cookie(name) => {
+        Source::Cookie(name) | Source::SessionCookie(name) => {
             let pair = format!("{name}={token}");
             match request.headers.iter_mut().find(|(n, _)| n == "cookie") {
                 Some((_, cookies)) => {
@@ -201,6 +201,7 @@ pub fn explain(
         keyring,
         exchanges: &NoExchanges,
         policy: &recorder,
+        login: &crate::flow::NoLoginService,
     };
     let mut caches = Caches::for_config(config);
     let mut decision = flow::decide(config, services, &request, now, &mut caches, false);

@@ -63,7 +63,7 @@ impl Reads {
     pub fn add_source(&mut self, source: &Source) {
         match source {
             Source::Header { name, .. } => self.add_header(name),
-            Source::Cookie(_) => self.add_header("cookie"),
+            Source::Cookie(_) | Source::SessionCookie(_) => self.add_header("cookie"),
             Source::Query(_) => self.path = true,
         }
     }
@@ -90,6 +90,9 @@ pub enum Source {
     },
     Cookie(String),
     Query(String),
+    /// A browser login's session cookie: `<name>`, or when it was too large for one
+    /// cookie, `<name>.0`, `<name>.1`, ... joined.
+    SessionCookie(String),
 }
 
 /// Where a token was found: enough to remove it again.
@@ -141,6 +144,11 @@ impl Source {
                     .filter(|(n, _)| n.trim() == name)
                     .map(|(_, v)| Cow::Borrowed(unquote(v.trim())));
                 (only_one(values)?, Location::Cookie(name.clone()))
+            }
+            Source::SessionCookie(name) => {
+                let token =
+                    crate::login::cookies::read_chunked(request.header_values("cookie"), name)?;
+                (Cow::Owned(token), Location::Cookie(name.clone()))
             }
             Source::Query(name) => {
                 let (_, query) = request.path.split_once('?')?;
