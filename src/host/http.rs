@@ -386,10 +386,19 @@ fn park(
         (Some(_), Some(service)) => central::wait_ms(service).saturating_mul(2),
         _ => 0,
     };
+    // A login waits for its discovery document: one fetch, plus a tick to start it.
+    let login_ms = waits
+        .logins
+        .iter()
+        .filter_map(|p| state.config.providers.get(*p)?.login.as_ref())
+        .map(|login| login.timeout_ms.saturating_add(BUSY_TICK_MS))
+        .max()
+        .unwrap_or(0);
     let wait_ms = keys
         .wait_bound_ms(&waits.providers)
         .max(exchange_ms.saturating_mul(2))
-        .max(central_ms);
+        .max(central_ms)
+        .max(login_ms);
     Waiter {
         context_id,
         request,
