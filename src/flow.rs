@@ -489,15 +489,12 @@ impl Step<'_> {
                 Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
                 Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
                 Err(NotVerified::Refused(e)) => {
-                    if let (Authenticator::Provider(id), Location::Cookie(name)) =
-                        (*authenticator, &found.location)
-                    {
-                        let from_session = config
-                            .providers
-                            .get(id)
-                            .and_then(|p| p.login.as_ref())
+                    if let Location::Cookie(name) = &found.location {
+                        let login = login_provider(config, *authenticator);
+                        let from_session = login
+                            .and_then(|id| config.providers.get(id)?.login.as_ref())
                             .is_some_and(|l| l.cookie_name == *name);
-                        if from_session {
+                        if let (true, Some(id)) = (from_session, login) {
                             session_refused = Some((id, e));
                         }
                     }
@@ -713,18 +710,7 @@ impl Step<'_> {
                     RuleAction::Authn { requirement, .. } => requirement.authenticators(),
                     RuleAction::Anonymous => &[],
                 };
-                listed.iter().find_map(|a| match *a {
-                    Authenticator::Provider(id)
-                        if self
-                            .config
-                            .providers
-                            .get(id)
-                            .is_some_and(|p| p.login.is_some()) =>
-                    {
-                        Some(id)
-                    }
-                    _ => None,
-                })
+                listed.iter().find_map(|a| login_provider(self.config, *a))
             }
             None => None,
         };
@@ -801,6 +787,17 @@ impl Step<'_> {
         }
         .unwrap_or_default()
     }
+}
+
+/// The provider whose login signs a browser in for this authenticator: the provider
+/// itself, or an exchange's provider (a session holding an opaque token the exchange
+/// looks up).
+fn login_provider(config: &Config, authenticator: Authenticator) -> Option<usize> {
+    let id = match authenticator {
+        Authenticator::Provider(id) => id,
+        Authenticator::Exchange(id) => config.exchanges.get(id)?.provider,
+    };
+    config.providers.get(id)?.login.as_ref().map(|_| id)
 }
 
 fn wait(waits: Waits, counters: Vec<Counter>, rule: Option<usize>) -> Decision {
@@ -2520,6 +2517,10 @@ mod login_tests {
     }
 
     fn config() -> Config {
+        Config::from_json(config_json().as_bytes()).unwrap()
+    }
+
+    fn config_json() -> String {
         let doc = json!({
             "providers": {"corp": {
                 "issuer": ISSUER,
@@ -2538,7 +2539,7 @@ mod login_tests {
                 }
             }}
         });
-        Config::from_json(doc.to_string().as_bytes()).unwrap()
+        doc.to_string()
     }
 
     fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
@@ -2898,6 +2899,39 @@ mod login_tests {
         let (reply, _) = sign_in(&config, &login, |_| (0, String::new()));
         assert_eq!(reply.status, 503);
         assert!(reply.content_type.starts_with("text/html"));
+    }
+
+    #[test]
+    fn an_opaque_access_token_becomes_a_session_an_exchange_reads() {
+        let mut doc: Value = serde_json::from_str(&config_json()).unwrap();
+        doc["exchanges"] = json!({"opaque": {
+            "sources": [{"cookie": "tg_session"}],
+            "mode": "introspection",
+            "endpoint": {"uri": "http://idp.test/introspect", "cluster": "idp"},
+            "client": {"id": "gateway", "secret": "s"},
+            "provider": "corp"
+        }});
+        doc["rules"] = json!([{"name": "app", "match": {}, "authn": {"any": ["opaque"]}}]);
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let login = FakeLogin(Cell::new(0));
+        // No session: a browser is sent to sign in, through the exchange's provider.
+        let decision = run(&config, &login, &request("GET", "/app", &[]));
+        let Outcome::Reply(reply) = decision.outcome else {
+            panic!("{:?}", decision.outcome)
+        };
+        assert_eq!(reply.status, 302);
+        let (reply, _) = sign_in(&config, &login, |nonce| {
+            let body = json!({"access_token": "opaque-0123456789", "id_token": id_token(nonce),
+                              "token_type": "Bearer", "expires_in": 900});
+            (200, body.to_string())
+        });
+        assert_eq!(reply.status, 302, "{}", reply.body);
+        let session = header(&reply, "set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("tg_session="))
+            .unwrap();
+        assert!(session.starts_with("tg_session=opaque-0123456789;"));
+        assert!(session.contains("Max-Age=900"), "{session}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const START_RANDOM_BYTES: usize = 96 + 24;
 /// The session's sealed cookie (ID token, refresh token) lives this long when refresh
 /// is on; otherwise as long as the session token.
 const REFRESH_SESSION_SECS: u64 = 7 * 24 * 3600;
+/// An opaque session token's life when the token endpoint gives no `expires_in`.
+const DEFAULT_OPAQUE_SESSION_SECS: u64 = 3600;
 /// Larger token endpoint answers are a failure, unread.
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// Larger sealed cookies are refused unread.
@@ -426,6 +428,7 @@ struct Tokens {
     access_token: Option<String>,
     id_token: Option<String>,
     refresh_token: Option<String>,
+    expires_in: Option<u64>,
 }
 
 fn read_tokens(status: u32, body: &[u8]) -> Result<Tokens, LoginError> {
@@ -466,6 +469,7 @@ fn read_tokens(status: u32, body: &[u8]) -> Result<Tokens, LoginError> {
         access_token: text("access_token"),
         id_token: text("id_token"),
         refresh_token: text("refresh_token"),
+        expires_in: document.get("expires_in").and_then(Value::as_u64),
     })
 }
 
@@ -549,14 +553,23 @@ fn session_cookies(
         SessionToken::IdToken => tokens.id_token.clone(),
     }
     .ok_or(LoginError::SessionTokenInvalid)?;
-    let verified =
-        jwt::verify(&session, provider, keys, now).map_err(|_| LoginError::SessionTokenInvalid)?;
-    let expires = verified
-        .claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .unwrap_or(now);
-    let lifetime = expires.saturating_sub(now);
+    let lifetime = if jwt::looks_like_jwt(&session) {
+        let verified = jwt::verify(&session, provider, keys, now)
+            .map_err(|_| LoginError::SessionTokenInvalid)?;
+        verified
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or(now)
+            .saturating_sub(now)
+    } else {
+        // An opaque access token: an exchange reading the session cookie checks it on
+        // every request (introspection); it lives as long as the token endpoint said.
+        if session.len() > provider.max_token_bytes {
+            return Err(LoginError::SessionTokenInvalid);
+        }
+        tokens.expires_in.unwrap_or(DEFAULT_OPAQUE_SESSION_SECS)
+    };
     let (session_age, sealed_until) = if login.refresh {
         (None, now.saturating_add(REFRESH_SESSION_SECS))
     } else {
