@@ -522,6 +522,15 @@ impl Step<'_> {
                 .unwrap_or(AuthnError::Missing);
             return self.refuse_authn(error, session_refused, counters);
         }
+        if let Some(call) = self.refresh_ahead(&verified) {
+            return Decision {
+                outcome: Outcome::Call(call),
+                counters,
+                rule: rule_index,
+                refusal: None,
+                dry_run: None,
+            };
+        }
 
         for (identity, found) in &verified {
             // An exchange's token (opaque, or a session id) never goes upstream.
@@ -778,6 +787,36 @@ impl Step<'_> {
         let redirect = login::start(login, name, &endpoints, self.request, &random, self.now);
         counters.push(Counter::Login(LoginEvent::Redirect));
         reply(Reply::redirect(redirect), counters)
+    }
+
+    /// A session token about to expire, with a refresh token sealed beside it: refreshed
+    /// now, while the request waits, rather than refused a minute later.
+    fn refresh_ahead(&self, verified: &[(Rc<Identity>, &Found<'_>)]) -> Option<LoginCall> {
+        if self.waited {
+            return None;
+        }
+        verified.iter().find_map(|(identity, found)| {
+            let Authenticator::Provider(id) = identity.authenticator else {
+                return None;
+            };
+            let login = self.config.providers.get(id)?.login.as_ref()?;
+            if !login.refresh || found.location != Location::Cookie(login.cookie_name.clone()) {
+                return None;
+            }
+            let exp = identity.claims.get("exp").and_then(Value::as_u64)?;
+            if exp > self.now.saturating_add(login::REFRESH_AHEAD_SECS) {
+                return None;
+            }
+            let LoginEndpoints::Ready(endpoints) = login_endpoints(self.services, id, login) else {
+                return None;
+            };
+            let callout = login::refresh_callout(login, &endpoints, self.request, self.now)?;
+            Some(LoginCall {
+                provider: id,
+                callout,
+                step: LoginStep::Refresh,
+            })
+        })
     }
 
     fn authenticator_name(&self, authenticator: Authenticator) -> &str {
@@ -2899,6 +2938,85 @@ mod login_tests {
         let (reply, _) = sign_in(&config, &login, |_| (0, String::new()));
         assert_eq!(reply.status, 503);
         assert!(reply.content_type.starts_with("text/html"));
+    }
+
+    #[test]
+    fn a_session_about_to_expire_is_refreshed_and_the_request_goes_on_with_the_new_token() {
+        let mut doc: Value = serde_json::from_str(&config_json()).unwrap();
+        doc["providers"]["corp"]["login"]["refresh"] = json!(true);
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let login = FakeLogin(Cell::new(0));
+        let mut short = good_claims();
+        short["exp"] = json!(NOW + 10);
+        let short_token = token("rs256", &short);
+        let (reply, _) = sign_in(&config, &login, |nonce| {
+            let body = json!({"access_token": token("rs256", &short), "id_token": id_token(nonce),
+                              "refresh_token": "r-1", "token_type": "Bearer"});
+            (200, body.to_string())
+        });
+        let jar: Vec<&str> = header(&reply, "set-cookie")
+            .into_iter()
+            .filter(|c| !c.contains("Max-Age=0"))
+            .map(cookie_pair)
+            .collect();
+        let jar = jar.join("; ");
+        assert!(jar.contains(&short_token) && jar.contains("tg_session.aux="));
+        let page = request("GET", "/orders", &[("cookie", &jar)]);
+        let decision = run(&config, &login, &page);
+        let Outcome::Call(call) = decision.outcome else {
+            panic!("{:?}", decision.outcome)
+        };
+        assert!(matches!(call.step, LoginStep::Refresh));
+        let body = String::from_utf8(call.callout.body.clone()).unwrap();
+        assert_eq!(body, "grant_type=refresh_token&refresh_token=r-1");
+
+        let fresh = token("rs256", &good_claims());
+        let answer = json!({"access_token": fresh, "token_type": "Bearer"}).to_string();
+        let services = Services {
+            login: &login,
+            ..Services::local()
+        };
+        let finish = finish_login(&config, services, &call, &page, 200, answer.as_bytes(), NOW);
+        let LoginFinish::Retry {
+            request: retried,
+            set_cookies,
+            counters,
+        } = finish
+        else {
+            panic!("{finish:?}")
+        };
+        assert!(counters.contains(&Counter::Login(LoginEvent::Refresh)));
+        assert!(set_cookies
+            .iter()
+            .any(|c| c.starts_with(&format!("tg_session={fresh};"))));
+        // The refresh token the answer left out is kept (sealed) for the next refresh.
+        assert!(set_cookies.iter().any(|c| c.starts_with("tg_session.aux=")));
+        assert!(retried.header("cookie").unwrap().contains(&fresh));
+        let mut caches = Caches::for_config(&config);
+        let again = decide(&config, services, &retried, NOW, &mut caches, true);
+        assert!(
+            matches!(again.outcome, Outcome::Forward(_)),
+            "{:?}",
+            again.outcome
+        );
+
+        // A refused refresh lets the still-valid token through (decided again, waited).
+        let refused = finish_login(
+            &config,
+            services,
+            &call,
+            &page,
+            400,
+            b"{\"error\":\"invalid_grant\"}",
+            NOW,
+        );
+        assert!(matches!(refused, LoginFinish::Unrefreshed(_)));
+        let again = decide(&config, services, &page, NOW, &mut caches, true);
+        assert!(
+            matches!(again.outcome, Outcome::Forward(_)),
+            "{:?}",
+            again.outcome
+        );
     }
 
     #[test]

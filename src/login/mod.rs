@@ -20,6 +20,9 @@ use serde_json::Value;
 
 /// How long a browser has to come back from the identity provider.
 pub const LOGIN_STATE_SECS: u64 = 600;
+/// A session token this close to its `exp` is refreshed before it is used (when the
+/// session holds a refresh token).
+pub const REFRESH_AHEAD_SECS: u64 = 30;
 /// Bytes of randomness one login start uses: state, nonce and verifier, then the seal's
 /// nonce.
 pub const START_RANDOM_BYTES: usize = 96 + 24;
