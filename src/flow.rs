@@ -73,7 +73,7 @@ impl Reply {
     }
 
     /// A login failure as a short page: a fixed description, never a token or secret.
-    fn login_failure(error: LoginError) -> Reply {
+    pub fn login_failure(error: LoginError) -> Reply {
         Reply {
             status: error.status(),
             content_type: "text/html; charset=utf-8",
@@ -898,6 +898,19 @@ fn own_endpoint(
             counters,
         ));
     };
+    // The ID token is checked with the provider's keys: a worker that has none yet
+    // waits for them before the code is redeemed (a code can be redeemed only once).
+    let keys_pending = matches!(
+        config.providers.get(id).map(|p| &p.keys),
+        Some(KeySource::Remote(_))
+    ) && matches!(services.keyring.keys(id), Keys::Pending);
+    if keys_pending && !waited {
+        let waits = Waits {
+            providers: vec![id],
+            ..Waits::default()
+        };
+        return Some(wait(waits, Vec::new(), None));
+    }
     match login::callback(login, &endpoints, request, now) {
         Ok(redeem) => Some(Decision {
             outcome: Outcome::Call(LoginCall {

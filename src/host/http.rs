@@ -231,12 +231,15 @@ fn apply(state: &VmState, context_id: u32, request: &Request, decision: Decision
         }
         Outcome::Call(call) => {
             // The token endpoint's answer comes to this context (`on_http_call_response`).
+            let redeem = matches!(call.step, crate::flow::LoginStep::Redeem(_));
             if !state.logins.call(context_id, call, request.clone()) {
                 let error = crate::login::LoginError::TokenEndpointFailure;
-                state
-                    .metrics
-                    .tally(crate::stats::Counter::Login(error.event()));
-                let finish = LoginFinish::Unrefreshed(Vec::new());
+                let counters = vec![crate::stats::Counter::Login(error.event())];
+                let finish = if redeem {
+                    LoginFinish::Reply(Reply::login_failure(error), counters)
+                } else {
+                    LoginFinish::Unrefreshed(counters)
+                };
                 apply_login_finish(state, context_id, request, finish);
             }
             false
@@ -273,7 +276,7 @@ pub fn apply_login_finish(
 ) {
     let (request, counters) = match finish {
         LoginFinish::Reply(reply, counters) => {
-            counters.iter().for_each(|c| state.metrics.tally(*c));
+            tally_counters(state, &counters);
             send_reply(&reply);
             return;
         }
@@ -292,7 +295,7 @@ pub fn apply_login_finish(
         }
         LoginFinish::Unrefreshed(counters) => (request.clone(), counters),
     };
-    counters.iter().for_each(|c| state.metrics.tally(*c));
+    tally_counters(state, &counters);
     let decision = run(state, context_id, &request, Attempt::resumed(true));
     if apply(state, context_id, &request, decision) {
         let _ = hostcalls::resume_http_request();
@@ -302,7 +305,11 @@ pub fn apply_login_finish(
 /// Counts a decision's counters, flushing them to Envoy when due; while counts wait,
 /// the tick runs fast so they reach Envoy soon after traffic stops.
 fn tally(state: &VmState, decision: &Decision) {
-    for counter in &decision.counters {
+    tally_counters(state, &decision.counters);
+}
+
+fn tally_counters(state: &VmState, counters: &[crate::stats::Counter]) {
+    for counter in counters {
         state.metrics.tally(*counter);
     }
     state.metrics.flush_if_due(state.keys.borrow().now_ms.get());

@@ -122,6 +122,11 @@ impl Context for Root {
             wake(&state);
             return;
         }
+        // A token endpoint callout made for a request resumed from this context's
+        // callback (the SDK routes an answer to the context whose callback made it).
+        if super::login::on_response(&state, token_id, body_size) {
+            return;
+        }
         let finished = {
             let mut keys = state.keys.borrow_mut();
             keys.now_ms.set(now_ms());
