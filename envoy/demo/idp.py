@@ -46,6 +46,28 @@ session patterns). Tokens and sessions live in memory until they expire or are r
                            200 with a JWT for the session's user (content-type
                            application/jwt), or 404
 
+Browser login (OIDC authorization code flow with PKCE; what tokengate's `login` section
+drives). Clients and their redirect URIs come from --client and --redirect-uri:
+
+    GET  /demo/authorize   response_type=code, client_id, redirect_uri (registered, exact
+                           match), scope (with openid), state, nonce, code_challenge,
+                           code_challenge_method=S256: an HTML sign-in form (user name, and
+                           the password "demo"). Anything wrong with client_id or
+                           redirect_uri: a 400 page, never a redirect; anything else wrong:
+                           a redirect back with error=...&state=...
+    POST /demo/authorize   the form: 302 to redirect_uri?code=...&state=...&iss=<issuer>
+                           (RFC 9207). A code is good for one redemption, for 60 seconds
+    POST /demo/token       also grant_type=authorization_code (code, redirect_uri,
+                           code_verifier: BASE64URL(SHA-256(verifier)) must be the
+                           challenge) and grant_type=refresh_token: {"access_token": <JWT,
+                           aud --audience>, "id_token": <JWT, aud = the client, nonce>,
+                           "refresh_token", "token_type": "Bearer", "expires_in"}; a used,
+                           expired or unknown code -> 400 invalid_grant
+    GET  /demo/logout      RP-initiated logout: id_token_hint, post_logout_redirect_uri,
+                           client_id. Forgets the user's refresh tokens; a "signed out" page
+                           with a link to post_logout_redirect_uri when it is on the origin of
+                           a registered redirect URI
+
 Wrong client credentials at /introspect or /token: 401 {"error": "invalid_client"}.
 The JWTs (signed introspection answers, exchanged tokens, session tokens) are RS256,
 signed with --signing-key (a private JWK whose public half is in the served JWKS), so the
@@ -56,21 +78,24 @@ never past the token's or session's own expiry.
 Everything else: 404. Python standard library only; listens on 127.0.0.1 only.
 
     python3 envoy/demo/idp.py --port 9000 --signing-key .run/demo-rs256.jwk \\
-        --audience demo-api --client gateway:s3cret .run/jwks.json
+        --audience demo-api --client gateway:s3cret --client web:s3cret \\
+        --redirect-uri http://localhost:8080/oauth2/callback .run/jwks.json
 """
 
 import argparse
 import base64
 import hashlib
 import hmac
+import html
 import json
+import re
 import secrets
 import signal
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, unquote_plus
+from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
 
 PREFIX = "/demo"
 DISCOVERY_PATH = PREFIX + "/.well-known/openid-configuration"
@@ -81,6 +106,8 @@ SESSIONS_PATH = PREFIX + "/sessions"
 REVOKE_PATH = PREFIX + "/revoke"
 INTROSPECT_PATH = PREFIX + "/introspect"
 TOKEN_PATH = PREFIX + "/token"
+AUTHORIZE_PATH = PREFIX + "/authorize"  # browser login
+END_SESSION_PATH = PREFIX + "/logout"  # browser login
 # The algorithms of the demo keys (envoy/demo/render.sh: DEMO_KIDS).
 SIGNING_ALGS = ["RS256", "EdDSA"]
 MAX_COUNTED = 100
@@ -176,7 +203,289 @@ class Grants:
             self.items.pop(value, None)
 
 
-class Idp(BaseHTTPRequestHandler):
+# --- browser login: authorization endpoint, code and refresh grants, end session -----------
+# Everything of the OIDC authorization code flow lives in this section; Idp only routes to it
+# (do_GET, do_POST, the discovery document) and main() configures it.
+CODE_TTL = 60  # seconds an authorization code may wait for its redemption
+DEMO_PASSWORD = "demo"
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+PKCE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+# What the sign-in form carries from the authorization request to its POST.
+AUTHORIZE_PARAMS = ("response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+                    "code_challenge", "code_challenge_method")
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in - tokengate demo IdP</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:sans-serif;max-width:26em;margin:4em auto;padding:0 1em}}
+label{{display:block;margin:.8em 0 .2em}}input{{width:100%;padding:.4em;box-sizing:border-box}}
+button{{margin-top:1.2em;padding:.5em 1.5em}}.error{{color:#b00}}.hint{{color:#555}}</style>
+</head><body>
+<h1>Sign in</h1>
+<p class="hint">tokengate demo IdP &mdash; <b>{client}</b> asks for: {scope}</p>
+{error}
+<form method="post" action="{action}">
+{hidden}
+<label for="username">User name</label>
+<input id="username" name="username" autocomplete="username" autofocus required value="{username}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<p class="hint">Any user name; the password is <code>demo</code>.</p>
+<button id="submit" type="submit">Sign in</button>
+</form></body></html>
+"""
+
+SIGNED_OUT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Signed out - tokengate demo IdP</title></head>
+<body style="font-family:sans-serif;max-width:26em;margin:4em auto"><h1>Signed out</h1>
+<p id="signed-out">You are signed out{who}.</p>{back}</body></html>
+"""
+
+
+def with_query(url, params):
+    """url?name=value&... (values percent-encoded)."""
+    query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+    return url + ("&" if "?" in url else "?") + query
+
+
+def origin_of(url):
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class LoginGrants:
+    """Authorization codes and refresh tokens, in memory: value -> record."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.codes = {}
+        self.refresh = {}
+
+    def new_code(self, record):
+        code = secrets.token_urlsafe(32)
+        with self.lock:
+            now = time.time()
+            self.codes = {k: v for k, v in self.codes.items() if v["exp"] > now}
+            if len(self.codes) >= MAX_GRANTS:
+                return None
+            self.codes[code] = dict(record, exp=now + CODE_TTL, used=False)
+        return code
+
+    def redeem_code(self, code):
+        """The code's record, once: a second redemption (or an expired code) gives None."""
+        with self.lock:
+            record = self.codes.get(code)
+            if record is None or record["used"] or record["exp"] <= time.time():
+                return None
+            record["used"] = True
+            return dict(record)
+
+    def new_refresh(self, record):
+        value = secrets.token_urlsafe(32)
+        with self.lock:
+            if len(self.refresh) >= MAX_GRANTS:
+                return None
+            self.refresh[value] = dict(record)
+        return value
+
+    def refresh_record(self, value):
+        with self.lock:
+            record = self.refresh.get(value)
+            return dict(record) if record else None
+
+    def forget_user(self, sub):
+        with self.lock:
+            self.refresh = {k: v for k, v in self.refresh.items() if v["sub"] != sub}
+
+
+class BrowserLogin:
+    """The OIDC provider side of the browser login, mixed into Idp (which has send_json,
+    send_body, send_error_json, signing_key, base_url, audience, jwt_ttl and clients)."""
+
+    redirect_uris = []  # set by main()
+    login_grants = LoginGrants()
+
+    def login_discovery(self):
+        """The discovery document's members for the browser login."""
+        return {
+            "authorization_endpoint": self.base_url + "/authorize",
+            "end_session_endpoint": self.base_url + "/logout",
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "profile", "offline_access"],
+            "claims_supported": ["sub", "name", "preferred_username", "scope"],
+            "authorization_response_iss_parameter_supported": True,
+        }
+
+    def send_page(self, status, page):
+        self.send_body(status, page.encode(), "text/html; charset=utf-8",
+                       [("cache-control", "no-store"), ("x-frame-options", "DENY"),
+                        # No form-action: browsers apply it to the redirect after the
+                        # form, which goes to the application's origin.
+                        ("content-security-policy",
+                         "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")])
+
+    def authorize_request(self, params):
+        """Checks an authorization request: (redirect_uri, None) when it is good, (None, page)
+        when the client or redirect URI is wrong (never redirect then), (redirect_uri,
+        (error, description)) for anything else."""
+        client = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if client not in self.clients:
+            return None, "unknown client_id"
+        if redirect_uri not in self.redirect_uris:
+            return None, "redirect_uri is not registered (idp.py --redirect-uri)"
+        if params.get("response_type") != "code":
+            return redirect_uri, ("unsupported_response_type", "response_type must be code")
+        if "openid" not in params.get("scope", "").split():
+            return redirect_uri, ("invalid_scope", "scope must include openid")
+        if params.get("code_challenge_method") != "S256" or not PKCE.fullmatch(params.get("code_challenge", "")):
+            return redirect_uri, ("invalid_request", "PKCE with code_challenge_method=S256 is required")
+        if not params.get("state"):
+            return redirect_uri, ("invalid_request", "state is required")
+        return redirect_uri, None
+
+    def authorize_back(self, redirect_uri, params, answer):
+        """302 to the client's redirect URI with answer + state + iss (RFC 9207)."""
+        back = list(answer)
+        if params.get("state"):
+            back.append(("state", params["state"]))
+        back.append(("iss", self.base_url))
+        self.send_body(302, b"", "text/plain",
+                       [("location", with_query(redirect_uri, back)), ("cache-control", "no-store")])
+
+    def login_form(self, params, error="", username=""):
+        hidden = "\n".join(
+            f'<input type="hidden" name="{name}" value="{html.escape(params.get(name, ""))}">'
+            for name in AUTHORIZE_PARAMS)
+        page = LOGIN_PAGE.format(
+            client=html.escape(params.get("client_id", "")),
+            scope=html.escape(params.get("scope", "")),
+            error=f'<p class="error" id="error">{html.escape(error)}</p>' if error else "",
+            action=html.escape(AUTHORIZE_PATH),
+            hidden=hidden,
+            username=html.escape(username),
+        )
+        self.send_page(401 if error else 200, page)
+
+    def authorize_get(self):
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        redirect_uri, problem = self.authorize_request(params)
+        if redirect_uri is None:
+            self.send_page(400, f"<!doctype html><title>Bad request</title><p>{html.escape(problem)}</p>\n")
+        elif problem:
+            self.authorize_back(redirect_uri, params, [("error", problem[0]), ("error_description", problem[1])])
+        else:
+            self.login_form(params)
+
+    def authorize_post(self, form):
+        redirect_uri, problem = self.authorize_request(form)
+        if redirect_uri is None:
+            self.send_page(400, f"<!doctype html><title>Bad request</title><p>{html.escape(problem)}</p>\n")
+            return
+        if problem:
+            self.authorize_back(redirect_uri, form, [("error", problem[0]), ("error_description", problem[1])])
+            return
+        username = form.get("username", "").strip()
+        if not USER_NAME.fullmatch(username):
+            self.login_form(form, "User names are letters, digits and . _ @ - (up to 64).", username)
+            return
+        if not hmac.compare_digest(form.get("password", "").encode(), DEMO_PASSWORD.encode()):
+            self.login_form(form, "Wrong password (it is \"demo\").", username)
+            return
+        code = self.login_grants.new_code({
+            "client_id": form["client_id"], "redirect_uri": redirect_uri, "sub": username,
+            "scope": form["scope"], "nonce": form.get("nonce"),
+            "challenge": form["code_challenge"], "auth_time": int(time.time()),
+        })
+        if code is None:
+            self.authorize_back(redirect_uri, form, [("error", "temporarily_unavailable")])
+            return
+        self.authorize_back(redirect_uri, form, [("code", code)])
+
+    def login_tokens(self, client, record, nonce):
+        """The token response for a user's record: access token, ID token, refresh token."""
+        now = int(time.time())
+        sub, scope = record["sub"], record["scope"]
+        sid = hashlib.sha256(f"{sub}/{record['auth_time']}".encode()).hexdigest()[:16]
+        access = {
+            "iss": self.base_url, "sub": sub, "aud": self.audience, "azp": client,
+            "client_id": client, "scope": scope, "name": sub, "preferred_username": sub,
+            "realm_access": {"roles": ["user"]}, "sid": sid,
+            "iat": now, "exp": now + self.jwt_ttl, "jti": secrets.token_urlsafe(12),
+        }
+        id_claims = {
+            "iss": self.base_url, "sub": sub, "aud": client, "azp": client, "sid": sid,
+            "auth_time": record["auth_time"], "iat": now, "exp": now + self.jwt_ttl,
+            "name": sub, "preferred_username": sub,
+        }
+        if nonce:
+            id_claims["nonce"] = nonce
+        refresh = record.get("refresh_token") or self.login_grants.new_refresh({
+            "client_id": client, "sub": sub, "scope": scope, "auth_time": record["auth_time"]})
+        if refresh is None:
+            self.send_error_json(503, "temporarily_unavailable", "too many sessions")
+            return
+        self.send_json(200, {
+            "access_token": self.signing_key.jwt(access),
+            "id_token": self.signing_key.jwt(id_claims),
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": self.jwt_ttl,
+            "scope": scope,
+        }, [("cache-control", "no-store"), ("pragma", "no-cache")])
+
+    def authorization_code_grant(self, client, form):
+        record = self.login_grants.redeem_code(form.get("code", ""))
+        if record is None:
+            self.send_error_json(400, "invalid_grant", "unknown, used or expired code")
+        elif record["client_id"] != client:
+            self.send_error_json(400, "invalid_grant", "the code was issued to another client")
+        elif form.get("redirect_uri") != record["redirect_uri"]:
+            self.send_error_json(400, "invalid_grant", "redirect_uri differs from the authorization request's")
+        elif not PKCE.fullmatch(form.get("code_verifier", "")):
+            self.send_error_json(400, "invalid_request", "code_verifier missing or malformed")
+        elif not hmac.compare_digest(
+                b64url(hashlib.sha256(form["code_verifier"].encode()).digest()).encode(),
+                record["challenge"].encode()):
+            self.send_error_json(400, "invalid_grant", "PKCE verification failed")
+        else:
+            self.login_tokens(client, record, record.get("nonce"))
+
+    def refresh_token_grant(self, client, form):
+        value = form.get("refresh_token", "")
+        record = self.login_grants.refresh_record(value)
+        if record is None or record["client_id"] != client:
+            self.send_error_json(400, "invalid_grant", "unknown refresh token")
+            return
+        # OIDC Core 12.2: a refreshed ID token carries no nonce; the refresh token stays.
+        self.login_tokens(client, dict(record, refresh_token=value), None)
+
+    def end_session(self):
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        hint = params.get("id_token_hint", "")
+        sub = None
+        try:  # whose session: the hint's sub (this IdP signed it; only its sub is used)
+            payload = hint.split(".")[1]
+            sub = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+            self.login_grants.forget_user(sub)
+        except (IndexError, ValueError, KeyError, TypeError):
+            sub = None
+        # A page with a link back rather than a redirect: the way back leads to a protected
+        # page, which would show the sign-in form again at once.
+        target = params.get("post_logout_redirect_uri", "")
+        back = ""
+        if target and origin_of(target) in {origin_of(u) for u in self.redirect_uris}:
+            back = f'<p><a id="back" href="{html.escape(target)}">Back to the application</a></p>'
+        who = f" ({html.escape(str(sub))})" if sub else ""
+        self.send_page(200, SIGNED_OUT_PAGE.format(who=who, back=back))
+
+
+# --- end of the browser login section --------------------------------------------------------
+
+
+class Idp(BrowserLogin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive with Envoy; every answer has Content-Length
     server_version = "tokengate-demo-idp"
     sys_version = ""
@@ -241,13 +550,15 @@ class Idp(BaseHTTPRequestHandler):
                     "introspection_endpoint": self.base_url + "/introspect",
                     "token_endpoint": self.base_url + "/token",
                     "revocation_endpoint": self.base_url + "/revoke",
-                    "grant_types_supported": [GRANT_TYPE_EXCHANGE],
+                    "grant_types_supported": [GRANT_TYPE_EXCHANGE, "authorization_code",
+                                              "refresh_token"],
                     "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
                     "token_endpoint_auth_methods_supported": ["client_secret_basic"],
                     "introspection_signing_alg_values_supported": ["RS256"],
                     "id_token_signing_alg_values_supported": SIGNING_ALGS,
                     "response_types_supported": ["code"],
                     "subject_types_supported": ["public"],
+                    **self.login_discovery(),
                 },
                 [("cache-control", "max-age=300")],
             )
@@ -261,6 +572,10 @@ class Idp(BaseHTTPRequestHandler):
                 self.send_json(503, {"error": "jwks unavailable"})
                 return
             self.send_body(200, body, "application/json", [("cache-control", "max-age=300")])
+        elif path == AUTHORIZE_PATH:
+            self.authorize_get()
+        elif path == END_SESSION_PATH:
+            self.end_session()
         elif path == STATS_PATH:
             with self.lock:
                 counts = dict(self.counts)
@@ -298,9 +613,17 @@ class Idp(BaseHTTPRequestHandler):
             client = self.client_id()
             if client is not None:
                 self.introspect(client, form)
+        elif path == AUTHORIZE_PATH:
+            self.authorize_post(form)
         elif path == TOKEN_PATH:
             client = self.client_id()
-            if client is not None:
+            if client is None:
+                pass
+            elif form.get("grant_type") == "authorization_code":
+                self.authorization_code_grant(client, form)
+            elif form.get("grant_type") == "refresh_token":
+                self.refresh_token_grant(client, form)
+            else:
                 self.token_exchange(client, form)
         else:
             self.send_json(404, {"error": "not found"})
@@ -464,12 +787,15 @@ def main():
                         help="lifetime of the JWTs the IdP issues, in seconds (default 300)")
     parser.add_argument("--client", action="append", default=[], metavar="ID:SECRET",
                         help="a client allowed at /introspect and /token (repeatable)")
+    parser.add_argument("--redirect-uri", action="append", default=[], metavar="URI",
+                        help="a redirect URI the browser login may send codes to (repeatable)")
     args = parser.parse_args()
 
     Idp.base_url = f"http://{args.host}:{args.port}{PREFIX}"
     Idp.jwks_file = args.jwks
     Idp.audience = args.audience
     Idp.jwt_ttl = args.jwt_ttl
+    Idp.redirect_uris = list(args.redirect_uri)
     for entry in args.client:
         client, sep, secret = entry.partition(":")
         if not sep or not client:

@@ -10,6 +10,8 @@
 #   demo-rs256.jwk, demo-eddsa.jwk   private development keys (generated once, kept); the
 #                                    demo IdP also signs its own JWTs with demo-rs256
 #   jwks.json                        their public halves, served by envoy/demo/idp.py
+#   login-cookie.secret              32 random bytes, base64url: the key sealing the browser
+#                                    login's cookies (generated once, kept, like the keys)
 #   gateway/demo-gateway.jwk         the gateway's own ES256 key (exchange "minted" signs
 #                                    with it; its public half is in gateway/jwks.json and
 #                                    the filter serves it at DEMO_MINT_JWKS_PATH)
@@ -18,7 +20,9 @@
 #                                    tokens and sessions are exchanged at the same IdP
 #                                    (cluster auth); rules with local authorization, and
 #                                    central decisions from the demo policy service
-#                                    (envoy/demo/policy.py, cluster opa)
+#                                    (envoy/demo/policy.py, cluster opa); the browser
+#                                    login (OIDC code flow) of provider demo, at the same
+#                                    IdP (cluster demo_idp), for the browser route /web/
 #   envoy.yaml                       envoy/demo/envoy.yaml.tmpl with the placeholders filled
 #
 # Environment (all optional):
@@ -49,6 +53,14 @@ DEMO_MINT_ISSUER="https://gateway.internal"
 DEMO_MINT_JWKS_PATH="/.well-known/tokengate/jwks.json"
 # The demo policy service (envoy/demo/policy.py): OPA's data API, document demo/authz.
 DEMO_POLICY_PATH="/v1/data/demo/authz"
+# The browser login (provider demo's "login"): the filter's client at the demo IdP (run.sh
+# registers it, and the redirect URIs on localhost and 127.0.0.1), its own paths, and the
+# browser route. Development values, like the keys.
+DEMO_LOGIN_CLIENT_ID="web"
+DEMO_LOGIN_CLIENT_SECRET="s3cret"
+DEMO_LOGIN_REDIRECT_PATH="/oauth2/callback"
+DEMO_LOGIN_LOGOUT_PATH="/oauth2/logout"
+DEMO_WEB_PATH="/web/"
 
 demo_cli() { echo "${TOKENGATE_CLI:-$DEMO_ROOT/target/release/tokengate}"; }
 
@@ -71,6 +83,13 @@ demo_keys() {
         done
         echo "render.sh: generated development keys in $dir (demo-rs256, demo-eddsa)" >&2
     fi
+    # The browser login's cookie key (what "cookie_secret" holds): every replica of a
+    # gateway shares it; here one file, kept between runs so sessions survive a restart.
+    if [[ ! -s "$dir/login-cookie.secret" ]]; then
+        (umask 077 && python3 -c 'import base64, secrets; print(base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode())' \
+            >"$dir/login-cookie.secret") \
+            || { echo "render.sh: generating the login cookie secret failed" >&2; return 1; }
+    fi
     # The gateway's minting key: apart from the IdP's, whose JWKS must not list it.
     if [[ ! -f "$dir/gateway/$DEMO_MINT_KID.jwk" ]]; then
         "$cli" keygen --alg ES256 --kid "$DEMO_MINT_KID" --out "$dir/gateway" >/dev/null \
@@ -91,6 +110,13 @@ demo_keys() {
 #   /internal/      minted    introspection      a JWT the gateway signs (iss gateway.internal)
 #   /app/           session   session (cookie)   the IdP's JWT for the session
 #
+# The browser login (the SSO pattern): provider demo has a "login" section, so a browser
+# (GET, Accept: text/html) without a session on a route that needs demo -- /web/, and the
+# catch-all -- is sent to the demo IdP's sign-in form; after it, the filter keeps the IdP's
+# access token in the tg_session cookie (HttpOnly, SameSite=Lax; not Secure: the demo is
+# plain http on localhost) and verifies it like any other token. /oauth2/logout signs out.
+# Other clients (curl) still get 401.
+#
 # The JWTs go upstream in authorization: Bearer (each exchange's "upstream").
 # /api/ (the catch-all rule) takes a JWT (provider demo) or an opaque token (exchange
 # opaque): a token that looks like a JWT goes to the provider, any other to the exchange.
@@ -110,14 +136,42 @@ demo_config() {
     python3 - "$dir/jwks.json" "$dir/tokengate.json" "$issuer" "$DEMO_AUDIENCE" \
         "$DEMO_CLIENT_ID" "$DEMO_CLIENT_SECRET" "$DEMO_EXCHANGE_CACHE_SECS" \
         "$dir/gateway/$DEMO_MINT_KID.jwk" "$DEMO_MINT_ISSUER" "$DEMO_MINT_JWKS_PATH" \
-        "http://127.0.0.1:${POLICY_PORT:-8181}$DEMO_POLICY_PATH" <<'PY'
+        "http://127.0.0.1:${POLICY_PORT:-8181}$DEMO_POLICY_PATH" \
+        "$dir/login-cookie.secret" "$DEMO_LOGIN_CLIENT_ID" "$DEMO_LOGIN_CLIENT_SECRET" \
+        "$DEMO_LOGIN_REDIRECT_PATH" "$DEMO_LOGIN_LOGOUT_PATH" "$DEMO_WEB_PATH" <<'PY'
 import json, os, sys
 (jwks_path, out_path, issuer, audience, client_id, client_secret, cache_secs, mint_key_path,
  mint_issuer, mint_jwks_path, policy_uri) = sys.argv[1:12]
+(login_secret_path, login_client_id, login_client_secret, login_redirect_path,
+ login_logout_path, web_path) = sys.argv[12:18]
 with open(jwks_path) as f:
     json.load(f)  # the IdP serves this file: it must be a JSON document
 with open(mint_key_path) as f:
     mint_key = json.load(f)
+with open(login_secret_path) as f:
+    login_cookie_secret = f.read().strip()
+
+
+# The browser login: the OIDC authorization code flow with PKCE at the demo IdP, whose
+# endpoints come from the same discovery document as the keys.
+LOGIN = {
+    "discovery": issuer + "/.well-known/openid-configuration",
+    "cluster": "demo_idp",
+    "timeout_ms": 2000,
+    "client": {"id": login_client_id, "secret": login_client_secret},
+    "scopes": ["openid", "profile"],
+    "redirect_path": login_redirect_path,
+    "logout_path": login_logout_path,
+    "post_logout_redirect": web_path,
+    "session_token": "access_token",
+    # The demo is plain http: a Secure cookie is kept only where the browser makes an
+    # exception for loopback (Chromium and Firefox do for localhost), so none is asked for.
+    "cookie": {"name": "tg_session", "secure": False, "same_site": "Lax"},
+    "cookie_secret": login_cookie_secret,
+    # The IdP's access tokens live --jwt-ttl (300 s): then the sealed refresh token renews
+    # the session without a new sign-in.
+    "refresh": True,
+}
 
 
 UPSTREAM = {"header": "authorization", "prefix": "Bearer "}
@@ -168,6 +222,7 @@ config = {
                     "realm_access.roles": "x-user-roles",
                 },
             },
+            "login": LOGIN,
         }
     },
     "exchanges": {
@@ -194,6 +249,8 @@ config = {
         rule("exchanged", "/exchanged/", "sts"),
         rule("internal", "/internal/", "minted"),
         rule("app", "/app/", "session"),
+        # The browser route: a browser without a session is sent to the IdP's sign-in form.
+        rule("web", web_path, "demo"),
         # Decentralized authorization: local rules, decided in this sidecar.
         {"name": "admin", "match": {"path": {"prefix": "/admin"}}, "authn": {"any": ["demo"]},
          "authz": {"claim": "scope", "contains": "admin"}},

@@ -6,8 +6,9 @@
 # exchanges introspect, exchange for JWTs or look up (cluster auth): the gateway-centric and
 # session patterns, revocation included. Rules authorize locally (scope, ownership by path
 # template, a dry run) and centrally: a small demo policy service (envoy/demo/policy.py,
-# OPA's data API, cluster opa) decides for rules with "central": true. Everything listens
-# on 127.0.0.1.
+# OPA's data API, cluster opa) decides for rules with "central": true. A browser opening
+# http://localhost:$LISTEN_PORT/web/ is sent through the demo IdP's sign-in form and back
+# (the filter's browser login, OIDC code flow with PKCE). Everything listens on 127.0.0.1.
 #
 #   make run                        build, then run this script
 #   envoy/demo/run.sh               the same, once dist/tokengate.wasm and the CLI exist
@@ -180,12 +181,18 @@ ECHO_PID=$LAST_PID
 
 # The IdP first: the filter's first key fetch starts as soon as Envoy is up. Its readiness
 # probe is /demo/stats, which the IdP does not count.
-# It signs its own JWTs (signed introspection answers, exchanged tokens, session tokens)
-# with demo-rs256, so the demo provider's keys verify them; the gateway's client is the one
-# in tokengate.json.
+# It signs its own JWTs (signed introspection answers, exchanged tokens, session tokens,
+# the browser login's access and ID tokens) with demo-rs256, so the demo provider's keys
+# verify them; the gateway's clients (exchanges, browser login) are the ones in
+# tokengate.json, and the login's redirect URIs are this listener's callback, by either
+# name of the loopback host.
 start_bg "$RUN_DIR/idp.log" python3 "$DEMO_DIR/idp.py" --port "$IDP_PORT" \
     --signing-key "$RUN_DIR/demo-rs256.jwk" --audience "$DEMO_AUDIENCE" \
-    --client "$DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET" "$RUN_DIR/jwks.json"
+    --client "$DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET" \
+    --client "$DEMO_LOGIN_CLIENT_ID:$DEMO_LOGIN_CLIENT_SECRET" \
+    --redirect-uri "http://localhost:$LISTEN_PORT$DEMO_LOGIN_REDIRECT_PATH" \
+    --redirect-uri "http://127.0.0.1:$LISTEN_PORT$DEMO_LOGIN_REDIRECT_PATH" \
+    "$RUN_DIR/jwks.json"
 IDP_PID=$LAST_PID
 deadline=$((SECONDS + READY_TIMEOUT))
 until [[ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$IDP/stats" 2>/dev/null)" == 200 ]]; do
@@ -400,6 +407,16 @@ example "the ended session: 401 invalid_token" 401 \
     "--cookie \"session=\$SESSION\" $BASE/app/profile" \
     "'error=\"invalid_token\"' in headers.get('www-authenticate', '')"
 
+# The browser login: a browser (GET, Accept: text/html) without a session is sent to the
+# IdP; any other client still gets 401. The whole sign-in, form included, is checked with
+# DEMO_SMOKE=1 after these examples (run_examples: login_check).
+example "browser login: a browser without a session on $DEMO_WEB_PATH is sent to the IdP's sign-in form (302), with a sealed login cookie" 302 \
+    "-H 'Accept: text/html' $BASE$DEMO_WEB_PATH" \
+    "headers.get('location', '').startswith('$IDP/authorize?response_type=code&client_id=$DEMO_LOGIN_CLIENT_ID&') and 'code_challenge_method=S256' in headers['location'] and headers.get('set-cookie', '').startswith('tg_session.login.') and 'HttpOnly' in headers['set-cookie']"
+example "browser login: the same page asked for by curl (no Accept: text/html): 401, no redirect" 401 \
+    "$BASE$DEMO_WEB_PATH" \
+    "'location' not in headers"
+
 # shown — a path relative to the repository root when it is inside it.
 shown() { [[ $1 == "$ROOT"/* ]] && echo "${1#"$ROOT"/}" || echo "$1"; }
 
@@ -425,6 +442,9 @@ tokengate demo is running (Ctrl-C stops it)
             /users/{id}/orders   id must equal the token's sub         (rule orders)
             /beta/      scope must contain beta, dry run: never refused (rule beta)
             /reports/   scope must contain read, then the policy service decides (rule reports)
+  login     browsers without a session on $DEMO_WEB_PATH (and on every route of provider demo) are
+            sent to the IdP's sign-in form ($IDP/authorize; any user name, password demo);
+            the session is the tg_session cookie; sign out at $DEMO_LOGIN_LOGOUT_PATH
   policy    $POLICY$DEMO_POLICY_PATH   envoy/demo/policy.py, OPA's data API:
             GET/HEAD for any subject, POST/PUT/PATCH with scope write, never DELETE
   files     $(shown "$RUN_DIR")   (keys, tokengate.json, envoy.yaml, envoy.log, access.log)
@@ -482,6 +502,14 @@ curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -d "token=\$OPAQUE" $IDP/introspe
 curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -H 'Accept: application/token-introspection+jwt' -d "token=\$OPAQUE" $IDP/introspect
 curl -s -u $DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d "subject_token=\$OPAQUE" -d subject_token_type=urn:ietf:params:oauth:token-type:access_token -d audience=$DEMO_AUDIENCE $IDP/token
 curl -s $IDP/sessions/\$SESSION
+
+# the browser login, step by step with curl (a browser does all of this by itself)
+curl -si -H 'Accept: text/html' $BASE$DEMO_WEB_PATH      # 302 to the IdP's form, login cookie
+curl -s $IDP/stats                                 # /demo/authorize, POST /demo/token counts
+curl -s '$ADMIN/stats?filter=tokengate\.login\.'    # redirect, success, refresh, logout, ...
+
+Browser login: open http://localhost:$LISTEN_PORT$DEMO_WEB_PATH in a browser (any user name,
+password demo): the page shows the echoed identity. Sign out: http://localhost:$LISTEN_PORT$DEMO_LOGIN_LOGOUT_PATH
 EOF
 }
 
@@ -540,7 +568,8 @@ PY
         failed=1
     fi
     # The keys came from the IdP by discovery, in one fetch shared by all of Envoy's workers
-    # (--concurrency 2): one discovery document and one jwks.json request, one success.
+    # (--concurrency 2): one jwks.json request, one success. The discovery document is
+    # read for the keys and for the browser login's endpoints: at least once.
     problem="$(python3 - "$IDP/stats" "$ADMIN/stats?filter=tokengate\.jwks\." <<'PY'
 import json, sys, urllib.request
 idp_url, admin_url = sys.argv[1:3]
@@ -558,9 +587,10 @@ for line in text.splitlines():
     if sep:
         stats[name.strip()] = value.strip()
 problems = []
-for path in ("/demo/.well-known/openid-configuration", "/demo/jwks.json"):
-    if counts.get(path, 0) != 1:
-        problems.append(f"IdP served {path} {counts.get(path, 0)} times, expected 1")
+if counts.get("/demo/jwks.json", 0) != 1:
+    problems.append(f"IdP served /demo/jwks.json {counts.get('/demo/jwks.json', 0)} times, expected 1")
+if counts.get("/demo/.well-known/openid-configuration", 0) < 1:
+    problems.append("IdP never served its discovery document")
 success = stats.get("wasmcustom.tokengate.jwks.fetch.success")
 if success != "1":
     problems.append(f"wasmcustom.tokengate.jwks.fetch.success is {success}, expected 1")
@@ -569,7 +599,7 @@ if problems:
 PY
 )" || problem="the check could not run: $problem"
     if [[ -z $problem ]]; then
-        echo "PASS  keys from the demo IdP by discovery: 1 discovery + 1 jwks.json request, jwks.fetch.success 1"
+        echo "PASS  keys from the demo IdP by discovery: 1 jwks.json request, jwks.fetch.success 1"
     else
         echo "FAIL  keys from the demo IdP by discovery: $problem"
         failed=1
@@ -661,8 +691,130 @@ PY
         echo "FAIL  authorization counters: $problem"
         failed=1
     fi
+    # The browser login, the whole way, as a browser goes it (cookies kept, the IdP's
+    # form read and submitted), then logout.
+    problem="$(login_check)" || problem="the check could not run: $problem"
+    if [[ -z $problem ]]; then
+        echo "PASS  browser login: redirect, the IdP's form, callback, session cookie, identity upstream without the cookie, logout"
+    else
+        echo "FAIL  browser login: $problem"
+        failed=1
+    fi
     rm -rf "$tmp"
     return "$failed"
+}
+
+# login_check — signs in at $BASE$DEMO_WEB_PATH as a browser would (Python's cookie jar, the
+# IdP's form parsed and posted), checks every step, signs out. Prints what went wrong, if
+# anything. Every request is bounded (5 s).
+login_check() {
+    python3 - "$BASE" "$IDP" "$DEMO_WEB_PATH" "$DEMO_LOGIN_LOGOUT_PATH" "$DEMO_LOGIN_REDIRECT_PATH" \
+        "$ADMIN/stats?filter=tokengate\.login\." <<'PY'
+import http.cookiejar, json, sys, time, urllib.error, urllib.parse, urllib.request
+from html.parser import HTMLParser
+
+base, idp, web_path, logout_path, redirect_path, admin_url = sys.argv[1:7]
+USER = "demo-browser-user"
+jar = http.cookiejar.CookieJar()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # every hop is checked by hand
+
+
+opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+
+
+def go(url, form=None):
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Accept": "text/html"})
+    try:
+        with opener.open(request, timeout=5) as r:
+            return r.status, r.headers, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode("utf-8", "replace")
+
+
+class Form(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.action, self.fields = None, {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form":
+            self.action = attrs.get("action")
+        elif tag == "input" and attrs.get("type") == "hidden":
+            self.fields[attrs.get("name")] = attrs.get("value", "")
+
+
+def fail(message):
+    print(message)
+    sys.exit(0)
+
+
+def session_cookies():
+    return sorted(c.name for c in jar if c.name.startswith("tg_session"))
+
+
+try:
+    status, headers, _ = go(base + web_path)
+    location = headers.get("location", "")
+    if status != 302 or not location.startswith(idp + "/authorize?"):
+        fail(f"GET {web_path} as a browser: {status} {location!r}, expected 302 to {idp}/authorize")
+    status, _, page = go(location)
+    form = Form()
+    form.feed(page)
+    if status != 200 or not form.action or "state" not in form.fields:
+        fail(f"the IdP's sign-in page: {status}, form action {form.action!r}")
+    fields = dict(form.fields, username=USER, password="demo")
+    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(idp))
+    status, headers, _ = go(origin + form.action, fields)
+    callback = headers.get("location", "")
+    if status != 302 or not callback.startswith(base + redirect_path + "?"):
+        fail(f"submitting the form: {status} {callback!r}, expected 302 to {base}{redirect_path}")
+    status, headers, body = go(callback)
+    if status != 302 or headers.get("location") != web_path:
+        fail(f"the callback: {status} {headers.get('location')!r} {body[:200]!r}, expected 302 to {web_path}")
+    if "tg_session" not in session_cookies() or any(".login." in n for n in session_cookies()):
+        fail(f"after the callback the cookies are {session_cookies()}, expected the session, no login cookie")
+    status, _, body = go(base + web_path)
+    echo = json.loads(body) if status == 200 else {}
+    if status != 200 or echo.get("identity", {}).get("x-user-id") != USER:
+        fail(f"GET {web_path} signed in: {status} {body[:300]!r}, expected the identity {USER}")
+    if "tg_session" in echo.get("headers", {}).get("cookie", ""):
+        fail("the session cookie reached the upstream")
+    status, headers, _ = go(base + logout_path)
+    location = headers.get("location", "")
+    if status != 302 or not location.startswith(idp + "/logout?") or "id_token_hint=" not in location:
+        fail(f"logout: {status} {location!r}, expected 302 to {idp}/logout with id_token_hint")
+    if session_cookies():
+        fail(f"after logout the cookies are {session_cookies()}")
+    status, _, page = go(location)
+    if status != 200 or USER not in page:
+        fail(f"the IdP's end-session page: {status}, expected it to name {USER}")
+    status, headers, _ = go(base + web_path)
+    if status != 302:
+        fail(f"GET {web_path} after logout: {status}, expected 302 to the IdP again")
+    # Each worker hands its counts to Envoy on its own tick: wait for them (up to 3 s).
+    deadline = time.monotonic() + 3
+    while True:
+        with urllib.request.urlopen(admin_url, timeout=5) as r:
+            stats = {}
+            for line in r.read().decode().splitlines():
+                name, sep, value = line.partition(": ")
+                if sep and value.strip().isdigit():
+                    stats[name.strip().removeprefix("wasmcustom.tokengate.login.")] = int(value)
+        missing = [n for n in ("redirect", "success", "logout") if stats.get(n, 0) < 1]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if missing or stats.get("state_mismatch", 0) or stats.get("token_endpoint_failure", 0):
+        fail(f"login counters {stats}: expected redirect, success, logout, no failures")
+except (OSError, ValueError) as e:
+    fail(f"{type(e).__name__}: {e}")
+PY
 }
 
 if [[ $DEMO_SMOKE == 1 ]]; then

@@ -18,6 +18,7 @@ pub mod envoy;
 pub mod idp;
 pub mod keepalive;
 pub mod keys;
+pub mod oidc;
 pub mod opa;
 pub mod server;
 pub mod upstream;
