@@ -13,6 +13,7 @@ pub mod host;
 pub mod json;
 pub mod policy;
 pub mod remote;
+pub mod revocation;
 pub mod stats;
 #[cfg(test)]
 mod testutil;
