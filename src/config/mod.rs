@@ -20,10 +20,12 @@ use std::rc::Rc;
 
 mod exchange;
 mod policy;
+mod revocation;
 #[cfg(feature = "cli")]
 pub mod schema;
 use exchange::{compile_exchange, RawExchange};
 use policy::{compile_authz_service, compile_condition, RawCondition};
+use revocation::{compile_revocation, RawRevocation};
 
 /// A configuration error: the field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,7 @@ pub struct RawProvider {
     pub require_exp: Option<bool>,
     pub max_token_bytes: Option<usize>,
     pub forward: RawForward,
+    pub revocation: Option<RawRevocation>,
 }
 
 #[derive(Debug)]
@@ -158,6 +161,8 @@ pub struct Provider {
     pub keys: KeySource,
     pub sources: Vec<Source>,
     pub forward: Forward,
+    /// Status lists and back-channel logout, when configured.
+    pub revocation: Option<crate::revocation::Revocation>,
 }
 
 /// The validated configuration the filter runs on.
@@ -180,6 +185,8 @@ pub struct Config {
     pub allow_encoded_slashes: bool,
     /// Query parameters that are token sources: never shown to the central policy.
     pub query_sources: Vec<String>,
+    /// (path, provider) of every `revocation.backchannel_logout.path`.
+    pub backchannel_paths: Vec<(String, usize)>,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -438,6 +445,12 @@ const PROVIDER_FIELDS: &[Field] = &[
         "What a verified token sends upstream.",
     )
     .nested(Shape::Object(FORWARD_FIELDS)),
+    optional(
+        "revocation",
+        Kind::Object,
+        "Revocable JWTs: Token Status List lookups and OpenID Connect back-channel logout, checked on every request of this provider (cached tokens included).",
+    )
+    .nested(Shape::Object(revocation::REVOCATION_FIELDS)),
 ];
 const JWKS_FIELDS: &[Field] = &[
     optional(
@@ -743,6 +756,10 @@ impl Reader {
             None => RawForward::default(),
             Some(value) => self.forward(value, &field_path(at, "forward"))?,
         };
+        let revocation = fields
+            .value("revocation")
+            .map(|value| self.revocation(value, &field_path(at, "revocation")))
+            .transpose()?;
         Ok(RawProvider {
             issuer: fields.string("issuer").unwrap_or_default(),
             audiences: fields.strings("audiences"),
@@ -757,6 +774,7 @@ impl Reader {
                 .u64("max_token_bytes")
                 .and_then(|n| usize::try_from(n).ok()),
             forward,
+            revocation,
         })
     }
 
@@ -1257,7 +1275,31 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .filter_map(|e| e.mint.as_ref())
         .filter_map(|m| Some((m.jwks_path.clone()?, m.public_jwks.clone())))
         .collect();
-    if !jwks_paths.is_empty() {
+    let mut backchannel_paths: Vec<(String, usize)> = Vec::new();
+    for (index, provider) in providers.iter().enumerate() {
+        let Some(backchannel) = provider
+            .revocation
+            .as_ref()
+            .and_then(|r| r.backchannel.as_ref())
+        else {
+            continue;
+        };
+        let taken = backchannel_paths
+            .iter()
+            .any(|(p, _)| *p == backchannel.path)
+            || jwks_paths.iter().any(|(p, _)| *p == backchannel.path);
+        if taken {
+            return Err(ConfigError::new(
+                format!(
+                    "providers.{}.revocation.backchannel_logout.path",
+                    provider.name
+                ),
+                "another endpoint of the filter has this path",
+            ));
+        }
+        backchannel_paths.push((backchannel.path.clone(), index));
+    }
+    if !jwks_paths.is_empty() || !backchannel_paths.is_empty() {
         reads.path = true;
         reads.method = true;
     }
@@ -1272,6 +1314,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         authz_service,
         allow_encoded_slashes: raw.allow_encoded_slashes,
         query_sources,
+        backchannel_paths,
     })
 }
 
@@ -1353,6 +1396,11 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
 
     let forward = compile_forward(&at("forward"), raw.forward)?;
 
+    let revocation = raw
+        .revocation
+        .map(|r| compile_revocation(&at("revocation"), r))
+        .transpose()?;
+
     Ok(Provider {
         name: name.to_owned(),
         policy: Policy {
@@ -1367,6 +1415,7 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         keys,
         sources,
         forward,
+        revocation,
     })
 }
 
