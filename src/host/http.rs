@@ -158,6 +158,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         keyring: &keyring,
         exchanges: &exchanges,
         policy: &policy,
+        revocations: &crate::flow::NoRevocations,
     };
     let mut caches = state.caches.borrow_mut();
     decide(
@@ -217,7 +218,7 @@ fn apply(state: &VmState, context_id: u32, decision: Decision) -> bool {
         Outcome::Reply(reply) => {
             let headers = vec![
                 ("content-type", reply.content_type),
-                ("cache-control", "max-age=300"),
+                ("cache-control", reply.cache_control),
             ];
             let _ =
                 hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()));

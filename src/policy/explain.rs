@@ -201,6 +201,7 @@ pub fn explain(
         keyring,
         exchanges: &NoExchanges,
         policy: &recorder,
+        revocations: &crate::flow::NoRevocations,
     };
     let mut caches = Caches::for_config(config);
     let mut decision = flow::decide(config, services, &request, now, &mut caches, false);

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 /// The `events` member a logout token must carry.
 pub const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-/// The `typ` a logout token may carry (absent is accepted: §2.4 only recommends it).
+/// The `typ` a logout token should carry (§2.4). Absent and the generic `JWT` are
+/// accepted too (§2.4 only recommends explicit typing, and IdPs such as Keycloak send
+/// `JWT`); any other type (an access token's `at+jwt`, a list's) is refused.
 pub const LOGOUT_TOKEN_TYPE: &str = "logout+jwt";
 /// A logout token older than this (plus the clock skew) is refused: it is fresh or it is
 /// a replay whose `jti` may have been forgotten.
@@ -64,7 +66,7 @@ impl LogoutError {
             LogoutError::BodyTooLarge => "request body too large",
             LogoutError::MissingToken => "logout_token parameter required",
             LogoutError::Signature(_) => "logout token signature invalid",
-            LogoutError::Type => "logout token typ is not logout+jwt",
+            LogoutError::Type => "logout token typ is not logout+jwt or JWT",
             LogoutError::Issuer => "logout token issuer not allowed",
             LogoutError::Audience => "logout token audience not allowed",
             LogoutError::IssuedAt => "logout token iat missing or not fresh",
@@ -95,7 +97,7 @@ pub fn verify(token: &str, check: &LogoutCheck<'_>, now: u64) -> Result<Logout, 
     if signed
         .typ
         .as_deref()
-        .is_some_and(|typ| typ != LOGOUT_TOKEN_TYPE)
+        .is_some_and(|typ| typ != LOGOUT_TOKEN_TYPE && typ != "jwt")
     {
         return Err(LogoutError::Type);
     }
@@ -219,12 +221,15 @@ mod tests {
     }
 
     #[test]
-    fn another_typ_is_refused() {
-        let header = json!({"alg": "ES256", "kid": "es256", "typ": "JWT"});
-        assert_eq!(
-            check(&token_with_header("es256", &header, &claims())),
-            Err(LogoutError::Type)
-        );
+    fn another_typ_is_refused_and_the_generic_jwt_accepted() {
+        for typ in ["at+jwt", "statuslist+jwt"] {
+            let header = json!({"alg": "ES256", "kid": "es256", "typ": typ});
+            assert_eq!(
+                check(&token_with_header("es256", &header, &claims())),
+                Err(LogoutError::Type)
+            );
+        }
+        assert!(check(&token("es256", &claims())).is_ok(), "typ JWT");
     }
 
     #[test]

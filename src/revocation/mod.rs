@@ -8,7 +8,44 @@ pub mod denylist;
 pub mod logout;
 pub mod status_list;
 
+use crate::error::AuthnError;
 use crate::remote::Uri;
+use serde_json::{Map, Value};
+
+/// What a verified token shows revocation checks, kept with its cached identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocable {
+    /// `status.status_list`, when the provider checks status lists and the token has one.
+    pub status: Option<status_list::StatusRef>,
+    /// `sub`, `sid`, `iat`, when the provider takes back-channel logouts.
+    pub subject: denylist::Subject,
+}
+
+impl Revocable {
+    /// Reads a verified token's claims once; a malformed or unlisted status reference
+    /// refuses the token.
+    pub fn read(
+        claims: &Map<String, Value>,
+        revocation: &Revocation,
+    ) -> Result<Revocable, AuthnError> {
+        let status = match &revocation.status_list {
+            Some(policy) => status_list::reference(claims, policy)?,
+            None => None,
+        };
+        let subject = match &revocation.backchannel {
+            Some(_) => {
+                let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+                denylist::Subject {
+                    sub: text("sub"),
+                    sid: text("sid"),
+                    iat: crate::token::jwt::numeric_date_secs(claims.get("iat")),
+                }
+            }
+            None => denylist::Subject::default(),
+        };
+        Ok(Revocable { status, subject })
+    }
+}
 
 /// A provider's `revocation` object, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
