@@ -4,20 +4,28 @@
 use super::central::{self, HostPolicy};
 use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
+use super::revocation::{provider_keys, HostRevocations, RevocationStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::exchange::TokenKey;
-use crate::flow::{decide, Decision, Outcome, Services, Waits};
+use crate::flow::{
+    backchannel_endpoint, backchannel_logout, decide, Decision, Outcome, Services, Waits,
+};
+use crate::revocation::logout::{LogoutError, MAX_BODY_BYTES};
+use crate::stats::{Counter, RevocationEvent};
 use crate::token::extract::{HeaderEdit, Reads, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub struct Http {
     state: Rc<VmState>,
     context_id: u32,
+    /// A back-channel logout POST for this provider: decided on its body.
+    logout: Option<usize>,
 }
 
 /// A request paused until its providers' keys move, an exchange answer for its token
@@ -31,6 +39,8 @@ pub struct Waiter {
     exchanges: Vec<(usize, TokenKey)>,
     /// The central decision it waits for.
     central: Option<[u8; 32]>,
+    /// (provider, list URI, generation seen, attempts seen) of the lists it waits for.
+    lists: Vec<(usize, Rc<str>, u64, u64)>,
     pub deadline_ms: u64,
 }
 
@@ -42,9 +52,20 @@ impl Waiter {
         })
     }
 
+    fn lists_moved(&self, store: &RevocationStore) -> bool {
+        self.lists
+            .iter()
+            .any(|(provider, uri, generation, attempts)| {
+                store
+                    .progress(*provider, uri)
+                    .is_none_or(|seen| seen != (*generation, *attempts))
+            })
+    }
+
     fn ready(&self, state: &VmState, keys: &KeyStore, now_ms: u64) -> bool {
         self.deadline_ms <= now_ms
             || self.keys_moved(keys)
+            || self.lists_moved(&state.revocation.borrow())
             || self
                 .exchanges
                 .iter()
@@ -74,7 +95,35 @@ pub fn wake(state: &VmState) {
 
 impl Http {
     pub fn new(state: Rc<VmState>, context_id: u32) -> Http {
-        Http { state, context_id }
+        Http {
+            state,
+            context_id,
+            logout: None,
+        }
+    }
+
+    /// A back-channel logout POST's body: verified, recorded in the shared denylist,
+    /// answered 200 (or 400 with an OIDC error body).
+    fn answer_logout(&self, provider: usize, body: &[u8]) {
+        let state = &self.state;
+        let now_ms = now_ms();
+        let keys = provider_keys(&state.config, &state.keys.borrow(), provider);
+        let result = backchannel_logout(
+            &state.config,
+            provider,
+            body,
+            keys.as_deref(),
+            now_ms / 1000,
+        )
+        .and_then(|logout| {
+            state.revocation.borrow_mut().record_logout(
+                &state.config,
+                provider,
+                &logout,
+                now_ms / 1000,
+            )
+        });
+        answer_logout_result(state, result);
     }
 
     /// Reads what the configuration looks at, one host call per item: copying the whole
@@ -133,6 +182,30 @@ impl Attempt {
     }
 }
 
+/// Sends the answer of a back-channel logout and counts it.
+fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
+    match result {
+        Ok(()) => {
+            state
+                .metrics
+                .increment(Counter::Revocation(RevocationEvent::BackchannelAccepted));
+            log::info!("tokengate: back-channel logout recorded");
+            let headers = vec![("cache-control", "no-store")];
+            let _ = hostcalls::send_http_response(200, headers, None);
+        }
+        Err(e) => {
+            state
+                .metrics
+                .increment(Counter::Revocation(RevocationEvent::BackchannelRejected));
+            log::info!(
+                "tokengate: back-channel logout refused: {}",
+                e.description()
+            );
+            send(&Deny::logout_refused(e));
+        }
+    }
+}
+
 /// Runs the core on a request, with the clock read once (and kept in the key store for
 /// the rest of this request's work).
 fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) -> Decision {
@@ -154,21 +227,33 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         now_ms,
         resumed: attempt.resumed,
     };
+    let asked = Cell::new(false);
+    let revocations = HostRevocations {
+        config: &state.config,
+        store: &state.revocation,
+        keys: &state.keys,
+        now_ms,
+        asked: &asked,
+    };
     let services = Services {
         keyring: &keyring,
         exchanges: &exchanges,
         policy: &policy,
-        revocations: &crate::flow::NoRevocations,
+        revocations: &revocations,
     };
     let mut caches = state.caches.borrow_mut();
-    decide(
+    let decision = decide(
         &state.config,
         services,
         request,
         now_ms / 1000,
         &mut caches,
         attempt.waited,
-    )
+    );
+    if asked.get() {
+        state.set_tick(BUSY_TICK_MS); // the tick starts the list fetch
+    }
+    decision
 }
 
 /// Applies a decision to the current (effective) HTTP context. Returns whether the
@@ -324,16 +409,35 @@ fn park(
         (Some(_), Some(service)) => central::wait_ms(service).saturating_mul(2),
         _ => 0,
     };
+    let revocation = state.revocation.borrow();
+    let lists: Vec<(usize, Rc<str>, u64, u64)> = waits
+        .status_lists
+        .iter()
+        .map(|(p, uri)| {
+            let (generation, attempts) = revocation.progress(*p, uri).unwrap_or_default();
+            (*p, uri.clone(), generation, attempts)
+        })
+        .collect();
+    // A list is fetched at the next tick, then takes up to its timeout.
+    let list_ms = revocation
+        .wait_bound_ms(&state.config, &waits.status_lists)
+        .saturating_add(if lists.is_empty() {
+            0
+        } else {
+            BUSY_TICK_MS * 2
+        });
     let wait_ms = keys
         .wait_bound_ms(&waits.providers)
         .max(exchange_ms.saturating_mul(2))
-        .max(central_ms);
+        .max(central_ms)
+        .max(list_ms);
     Waiter {
         context_id,
         request,
         seen,
         exchanges: waits.exchanges.clone(),
         central: waits.central,
+        lists,
         deadline_ms: deadline_ms.unwrap_or_else(|| now_ms() + wait_ms),
     }
 }
@@ -349,8 +453,18 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let request = Self::read_request(&self.state.config.reads);
+        if request.method == "POST" {
+            if let Some(provider) = backchannel_endpoint(&self.state.config, &request) {
+                if end_of_stream {
+                    self.answer_logout(provider, &[]);
+                } else {
+                    self.logout = Some(provider); // decided on the body
+                }
+                return Action::Pause;
+            }
+        }
         let decision = run(&self.state, self.context_id, &request, Attempt::FIRST);
         if let Outcome::Wait(waits) = &decision.outcome {
             tally(&self.state, &decision);
@@ -364,6 +478,27 @@ impl HttpContext for Http {
         } else {
             Action::Pause
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(provider) = self.logout else {
+            return Action::Continue;
+        };
+        if body_size > MAX_BODY_BYTES {
+            self.logout = None;
+            answer_logout_result(&self.state, Err(LogoutError::BodyTooLarge));
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffered until the whole body is there
+        }
+        self.logout = None;
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.answer_logout(provider, &body);
+        Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {

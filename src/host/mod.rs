@@ -7,6 +7,7 @@ mod exchanges;
 mod http;
 mod keys;
 mod metrics;
+mod revocation;
 mod root;
 
 pub use root::register;

@@ -6,6 +6,7 @@ use super::exchanges::Flights;
 use super::http::{wake, Http, Waiter};
 use super::keys::KeyStore;
 use super::metrics::Metrics;
+use super::revocation::RevocationStore;
 use crate::config::Config;
 use crate::flow::Caches;
 use crate::policy::central::{DecisionCache, DEFAULT_MAX_DECISIONS};
@@ -48,6 +49,8 @@ pub struct VmState {
     /// (context, name, value): headers to add to a stream's response.
     pub response_headers: RefCell<Vec<(u32, String, String)>>,
     pub keys: RefCell<KeyStore>,
+    /// Status lists and back-channel logout denylists.
+    pub revocation: RefCell<RevocationStore>,
     pub waiters: RefCell<Vec<Waiter>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
@@ -88,9 +91,16 @@ impl Root {
             changed
         };
         self.keys_changed(state, &changed);
+        {
+            let mut revocation = state.revocation.borrow_mut();
+            revocation.sync_from_shared(&state.config, &state.keys.borrow(), now);
+            revocation.expire_stuck(&state.metrics, now);
+            revocation.start_due_fetches(&state.metrics, now);
+        }
         wake(state);
         state.metrics.flush(now);
         let busy = state.keys.borrow().busy()
+            || state.revocation.borrow().busy()
             || !state.waiters.borrow().is_empty()
             || !state.flights.is_empty()
             || !state.policy.is_empty();
@@ -110,9 +120,22 @@ impl Context for Root {
         let Some(state) = self.state.clone() else {
             return;
         };
+        let now = now_ms();
+        let list_answered = state.revocation.borrow_mut().on_response(
+            &state.config,
+            &state.keys.borrow(),
+            token_id,
+            body_size,
+            &state.metrics,
+            now,
+        );
+        if list_answered {
+            wake(&state);
+            return;
+        }
         let finished = {
             let mut keys = state.keys.borrow_mut();
-            keys.now_ms.set(now_ms());
+            keys.now_ms.set(now);
             keys.on_response(token_id, body_size, &state.metrics)
         };
         if let Some(provider) = finished {
@@ -141,7 +164,9 @@ impl RootContext for Root {
                 let caches = Caches::for_config(&config);
                 let nonce = vm_nonce();
                 let keys = KeyStore::new(&config, nonce);
-                let remote = !keys.remotes.is_empty();
+                let revocation = RevocationStore::new(&config, nonce);
+                let remote = !keys.remotes.is_empty()
+                    || config.providers.iter().any(|p| p.revocation.is_some());
                 log::info!(
                     "tokengate: configured {} provider(s), {} exchange(s), {} rule(s)",
                     config.providers.len(),
@@ -162,6 +187,7 @@ impl RootContext for Root {
                     policy: PolicyCalls::default(),
                     response_headers: RefCell::new(Vec::new()),
                     keys: RefCell::new(keys),
+                    revocation: RefCell::new(revocation),
                     waiters: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
                 });
