@@ -78,7 +78,7 @@ validate: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/validate.sh
 
 e2e: build envoy
-	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz -- --test-threads=2
+	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz --test e2e_revocation -- --test-threads=2
 
 test: deps lint unit test-wasm validate e2e oci-test
 

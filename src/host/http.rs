@@ -482,7 +482,20 @@ impl HttpContext for Http {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(provider) = self.logout else {
-            return Action::Continue;
+            // With `allow_on_headers_stop_iteration`, a request paused in its headers
+            // (waiting for keys, a list, an answer) gets its body here: continuing would
+            // send it upstream undecided. It is buffered until the decision resumes it.
+            let parked = self
+                .state
+                .waiters
+                .borrow()
+                .iter()
+                .any(|w| w.context_id == self.context_id);
+            return if parked {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
         };
         if body_size > MAX_BODY_BYTES {
             self.logout = None;
