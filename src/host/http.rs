@@ -182,6 +182,35 @@ impl Attempt {
     }
 }
 
+/// How long a logout POST may wait for its body. Envoy without the Wasm filter's
+/// `allow_on_headers_stop_iteration: true` never gives a paused request its body; such a
+/// POST is answered 503 (and the cause logged) instead of hanging.
+const LOGOUT_BODY_WAIT_MS: u64 = 2000;
+
+/// Answers the logout POSTs whose body never came.
+pub fn expire_logouts(state: &VmState, now_ms: u64) {
+    let expired: Vec<u32> = {
+        let mut logouts = state.logouts.borrow_mut();
+        let overdue = |since: u64| now_ms.saturating_sub(since) >= LOGOUT_BODY_WAIT_MS;
+        let expired = logouts
+            .iter()
+            .filter(|(_, since)| overdue(*since))
+            .map(|(id, _)| *id)
+            .collect();
+        logouts.retain(|(_, since)| !overdue(*since));
+        expired
+    };
+    for context_id in expired {
+        if hostcalls::set_effective_context(context_id).is_err() {
+            continue;
+        }
+        log::error!(
+            "tokengate: a back-channel logout POST never got its body to the filter: set \"allow_on_headers_stop_iteration\": true in the Wasm filter's config (Envoy 1.35 or later)"
+        );
+        answer_logout_result(state, Err(LogoutError::Busy));
+    }
+}
+
 /// Sends the answer of a back-channel logout and counts it.
 fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
     match result {
@@ -461,6 +490,11 @@ impl HttpContext for Http {
                     self.answer_logout(provider, &[]);
                 } else {
                     self.logout = Some(provider); // decided on the body
+                    self.state
+                        .logouts
+                        .borrow_mut()
+                        .push((self.context_id, now_ms()));
+                    self.state.set_tick(BUSY_TICK_MS);
                 }
                 return Action::Pause;
             }
@@ -497,6 +531,11 @@ impl HttpContext for Http {
                 Action::Continue
             };
         };
+        let context_id = self.context_id;
+        self.state
+            .logouts
+            .borrow_mut()
+            .retain(|(id, _)| *id != context_id);
         if body_size > MAX_BODY_BYTES {
             self.logout = None;
             answer_logout_result(&self.state, Err(LogoutError::BodyTooLarge));
@@ -538,6 +577,10 @@ impl HttpContext for Http {
             .retain(|w| w.context_id != self.context_id);
         exchanges::forget_context(&self.state, self.context_id);
         central::forget_context(&self.state, self.context_id);
+        self.state
+            .logouts
+            .borrow_mut()
+            .retain(|(id, _)| *id != self.context_id);
         self.state
             .response_headers
             .borrow_mut()

@@ -52,6 +52,8 @@ pub struct VmState {
     /// Status lists and back-channel logout denylists.
     pub revocation: RefCell<RevocationStore>,
     pub waiters: RefCell<Vec<Waiter>>,
+    /// (context, paused at ms): back-channel logout POSTs waiting for their body.
+    pub logouts: RefCell<Vec<(u32, u64)>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
 }
@@ -98,8 +100,10 @@ impl Root {
             revocation.start_due_fetches(&state.metrics, now);
         }
         wake(state);
+        super::http::expire_logouts(state, now);
         state.metrics.flush(now);
         let busy = state.keys.borrow().busy()
+            || !state.logouts.borrow().is_empty()
             || state.revocation.borrow().busy()
             || !state.waiters.borrow().is_empty()
             || !state.flights.is_empty()
@@ -189,6 +193,7 @@ impl RootContext for Root {
                     keys: RefCell::new(keys),
                     revocation: RefCell::new(revocation),
                     waiters: RefCell::new(Vec::new()),
+                    logouts: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
                 });
                 if remote {
