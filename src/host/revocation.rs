@@ -19,7 +19,6 @@ use crate::stats::{Counter, RevocationEvent};
 use crate::token::jwks::KeySet;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
-use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -32,13 +31,36 @@ pub const MAX_LISTS_PER_PROVIDER: usize = 64;
 const LEASE_SLACK_MS: u64 = 1000;
 
 /// A list token as all workers share it: each worker verifies and decodes it itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored as `<generation> <fetched_at_ms> <expires_at_ms> <token>` (a compact JWS has no
+/// spaces): read by hand, no serde code for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct SharedList {
     generation: u64,
     fetched_at_ms: u64,
     /// When the fetching worker stopped trusting it (its ttl, bounded, and `exp`).
     expires_at_ms: u64,
     token: String,
+}
+
+impl SharedList {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "{} {} {} {}",
+            self.generation, self.fetched_at_ms, self.expires_at_ms, self.token
+        )
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<SharedList> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(4, ' ');
+        Some(SharedList {
+            generation: parts.next()?.parse().ok()?,
+            fetched_at_ms: parts.next()?.parse().ok()?,
+            expires_at_ms: parts.next()?.parse().ok()?,
+            token: parts.next()?.to_owned(),
+        })
+    }
 }
 
 /// One status list as this VM knows it.
@@ -78,7 +100,7 @@ impl ListSlot {
 
     fn read_shared(&self) -> Option<SharedList> {
         let (bytes, _) = hostcalls::get_shared_data(&self.list_key()).ok()?;
-        serde_json::from_slice(&bytes?).ok()
+        SharedList::decode(&bytes?)
     }
 }
 
@@ -306,8 +328,7 @@ impl RevocationStore {
                     expires_at_ms: list.expires_at.saturating_mul(1000),
                     token,
                 };
-                let bytes = serde_json::to_vec(&shared).unwrap_or_default();
-                let _ = hostcalls::set_shared_data(&slot.list_key(), Some(&bytes), None);
+                let _ = hostcalls::set_shared_data(&slot.list_key(), Some(&shared.encode()), None);
                 slot.list = Some(Rc::new(list));
                 slot.generation = shared.generation;
                 slot.fetched_at_ms = now_ms;

@@ -3,7 +3,7 @@
 //! shared data); checked on every request of its provider, cache hits included.
 
 use super::logout::{Logout, LogoutError, MAX_AGE_SECS};
-use serde::{Deserialize, Serialize};
+use crate::crypto::b64;
 use std::collections::HashMap;
 
 /// Entries (and remembered `jti`s) per provider. When full, the entry that expires
@@ -12,11 +12,9 @@ pub const MAX_ENTRIES: usize = 4096;
 
 /// One logout: tokens matching every field it has (`sub`, `sid`) and issued at or before
 /// `logout_at` are refused until `expires_at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
     pub logout_at: u64,
     pub expires_at: u64,
@@ -30,18 +28,34 @@ pub struct Subject {
     pub iat: Option<u64>,
 }
 
-/// The denylist. `version` increases on every change, so workers adopt it only then.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The denylist. `version` increases on every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Denylist {
     pub version: u64,
     entries: Vec<Entry>,
     /// (jti, forget after): logout tokens already used.
     jtis: Vec<(String, u64)>,
     /// Lookup indexes, rebuilt on decode and on change.
-    #[serde(skip)]
     by_sub: HashMap<String, Vec<usize>>,
-    #[serde(skip)]
     by_sid: HashMap<String, Vec<usize>>,
+}
+
+/// A text field of the shared encoding: `.` for none, else `=` and base64url.
+fn field(value: Option<&str>) -> String {
+    match value {
+        None => ".".to_owned(),
+        Some(text) => format!("={}", b64::encode(text.as_bytes())),
+    }
+}
+
+fn read_field(text: &str) -> Option<Option<String>> {
+    match text {
+        "." => Some(None),
+        _ => {
+            let bytes = b64::decode(text.strip_prefix('=')?.as_bytes())?;
+            Some(Some(String::from_utf8(bytes).ok()?))
+        }
+    }
 }
 
 impl Denylist {
@@ -53,12 +67,48 @@ impl Denylist {
         self.entries.len()
     }
 
+    /// The shared form, one line each: `v <version>`, `e <logout_at> <expires_at> <sub>
+    /// <sid>`, `j <forget after> <jti>` (strings as [`field`]s). A small text format read
+    /// by hand: no serde code for it in the module.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = format!("v {}\n", self.version);
+        for e in &self.entries {
+            out.push_str(&format!(
+                "e {} {} {} {}\n",
+                e.logout_at,
+                e.expires_at,
+                field(e.sub.as_deref()),
+                field(e.sid.as_deref())
+            ));
+        }
+        for (jti, until) in &self.jtis {
+            out.push_str(&format!("j {until} {}\n", field(Some(jti))));
+        }
+        out.into_bytes()
     }
 
+    /// Reads [`Denylist::encode`]'s form; `None` for anything else.
     pub fn decode(bytes: &[u8]) -> Option<Denylist> {
-        let mut list: Denylist = serde_json::from_slice(bytes).ok()?;
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut list = Denylist::default();
+        let mut lines = text.lines();
+        list.version = lines.next()?.strip_prefix("v ")?.parse().ok()?;
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["e", logout_at, expires_at, sub, sid] => list.entries.push(Entry {
+                    sub: read_field(sub)?,
+                    sid: read_field(sid)?,
+                    logout_at: logout_at.parse().ok()?,
+                    expires_at: expires_at.parse().ok()?,
+                }),
+                ["j", until, jti] => list.jtis.push((read_field(jti)??, until.parse().ok()?)),
+                _ => return None,
+            }
+        }
+        if list.entries.len() > MAX_ENTRIES || list.jtis.len() > MAX_ENTRIES {
+            return None;
+        }
         list.reindex();
         Some(list)
     }
@@ -252,11 +302,20 @@ mod tests {
             .unwrap();
         list.record(&logout(Some("bob"), None, "j2"), NOW, 3600, 60)
             .unwrap();
+        list.record(&logout(None, Some("s 2\nv 9"), "j3"), NOW, 3600, 60)
+            .unwrap();
         let copy = Denylist::decode(&list.encode()).unwrap();
-        assert_eq!(copy.version, 2);
+        assert_eq!(copy, list);
+        assert_eq!(copy.version, 3);
+        assert!(
+            copy.revokes(&token("x", Some("s 2\nv 9"), NOW), NOW),
+            "any text survives"
+        );
         assert!(copy.revokes(&token("alice", Some("s1"), NOW), NOW));
         assert!(copy.revokes(&token("bob", None, NOW), NOW));
         assert!(Denylist::decode(b"garbage").is_none());
+        assert!(Denylist::decode(b"v 1\ne 1 2 =!! .\n").is_none());
+        assert!(Denylist::decode(b"v 1\nx\n").is_none());
     }
 
     #[test]
