@@ -83,7 +83,11 @@ fn lists_built_by_sd_jwt_js_are_read_entry_by_entry_for_every_bits_width() {
         // Past the entries the library wrote, only the padding of the last byte is left.
         let bits = list["bits"].as_u64().unwrap();
         let padded = (statuses.len() as u64 * bits).div_ceil(8) * 8 / bits;
-        assert_eq!(decoded.get(padded), None, "{uri}: nothing past the last byte");
+        assert_eq!(
+            decoded.get(padded),
+            None,
+            "{uri}: nothing past the last byte"
+        );
         widths.insert(bits);
     }
     assert_eq!(widths.into_iter().collect::<Vec<_>>(), vec![1, 2, 4, 8]);

@@ -38,7 +38,7 @@ const STATUS_LIST_FIELDS: &[Field] = &[
     optional(
         "max_list_bytes",
         Kind::Usize,
-        "A list bigger than this once decompressed is a failed fetch (default 1048576, 1-67108864).",
+        "A list bigger than this once decompressed is a failed fetch (default 1048576, 1-16777216).",
     ),
     optional(
         "on_unavailable",
@@ -73,7 +73,9 @@ const BACKCHANNEL_FIELDS: &[Field] = &[
 pub const DEFAULT_MAX_TTL_SECS: u64 = 300;
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MAX_LIST_BYTES: u64 = 1024 * 1024;
-const MAX_MAX_LIST_BYTES: u64 = 64 * 1024 * 1024;
+/// A list token may be twice this (plus 16 KB) before decoding: bounded so that one
+/// fetch can't ask for more than 32 MB of a worker's memory.
+const MAX_MAX_LIST_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TOKEN_LIFETIME_SECS: u64 = 3600;
 
 /// A provider's `revocation`, each nested object read with its own table.

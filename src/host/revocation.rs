@@ -471,6 +471,8 @@ fn install(
             slot.list = Some(Rc::new(list));
             slot.generation = shared.generation;
             slot.fetched_at_ms = shared.fetched_at_ms;
+            // Another worker's fetch answered what this one wanted.
+            slot.wanted = false;
             true
         }
         Err(e) => {
