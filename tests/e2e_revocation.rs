@@ -288,7 +288,9 @@ fn a_token_naming_a_list_elsewhere_is_refused_without_a_callout() {
     let key = new_es256_key("elsewhere");
     let lists = StatusLists::start();
     lists.publish(1, &key, 1, &[0], TTL_SECS);
-    let (_upstream, envoy) = start(&config(&key, &lists, json!({})), &lists);
+    // A long ttl: no refresh during the test, so every fetch is counted.
+    let long = config(&key, &lists, json!({"max_ttl_secs": 60}));
+    let (_upstream, envoy) = start(&long, &lists);
     let other_port = support::free_port();
     for uri in [
         format!("http://127.0.0.1:{other_port}/lists/1"),
@@ -313,12 +315,18 @@ fn a_token_naming_a_list_elsewhere_is_refused_without_a_callout() {
         "token status invalid"
     ));
     assert_eq!(lists.requests(), 0, "no callout for any of them");
+
+    // The allowed list: fetched once for both workers (a lease in shared data).
+    lists.publish(1, &key, 1, &[0], 60);
+    let listed = token(&key, "alice", now(), Some((lists.uri(1), 0)));
+    all_answer(&envoy, &listed, 12, |r| r.status == 200).unwrap();
+    assert_eq!(lists.requests(), 1, "one fetch shared by the workers");
 }
 
 // --- back-channel logout ---------------------------------------------------------------
 
 #[test]
-fn a_backchannel_logout_refuses_that_subject_on_every_worker_and_later_tokens_pass() {
+fn a_backchannel_logout_refuses_that_subject_or_session_on_every_worker_and_later_tokens_pass() {
     let key = new_es256_key("bcl");
     let lists = StatusLists::start();
     let (_upstream, envoy) = start(&config(&key, &lists, json!({})), &lists);
@@ -347,9 +355,28 @@ fn a_backchannel_logout_refuses_that_subject_on_every_worker_and_later_tokens_pa
         &envoy.get_with_token("/api", &after),
         "alice",
     );
+
+    // A session logout (sid only): bob's tokens of that session, not his others.
+    let claims = json!({
+        "iss": ISSUER, "aud": CLIENT_ID, "iat": now(), "jti": unique(), "sid": "sid-bob",
+        "events": {LOGOUT_EVENT: {}}
+    });
+    let session_logout = key.sign(&claims).unwrap();
+    assert_eq!(post_logout(&envoy, &session_logout).status, 200);
+    let other_session = {
+        let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "bob", "sid": "sid-other",
+                            "iat": now() - 5, "exp": now() + 600});
+        key.sign(&claims).unwrap()
+    };
+    eventually(
+        "every worker to refuse the logged-out session",
+        WITHIN_A_TICK,
+        || all_answer(&envoy, &bob, 10, |r| is_invalid_token(r, "token revoked")),
+    );
+    all_answer(&envoy, &other_session, 4, |r| r.status == 200).unwrap();
     assert_eq!(
         envoy.counter("tokengate.revocation.backchannel.accepted"),
-        1
+        2
     );
 }
 
