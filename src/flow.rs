@@ -685,11 +685,8 @@ pub fn backchannel_logout(
         }
     };
     let check = LogoutCheck {
-        issuer: &provider.policy.issuer,
+        signer: crate::revocation::Signer::of(&provider.policy, keys),
         client_id: &backchannel.client_id,
-        algorithms: &provider.policy.algorithms,
-        keys,
-        clock_skew_secs: provider.policy.clock_skew_secs,
     };
     logout::verify(&token, &check, now)
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use tokengate::crypto::alg::Alg;
 use tokengate::revocation::status_list::{verify_list_token, ListCheck, Status};
-use tokengate::revocation::StatusListPolicy;
+use tokengate::revocation::{Signer, StatusListPolicy};
 use tokengate::token::jwks::KeySet;
 
 fn vectors() -> Value {
@@ -61,10 +61,12 @@ fn lists_built_by_sd_jwt_js_are_read_entry_by_entry_for_every_bits_width() {
         let uri = list["uri"].as_str().unwrap();
         let check = ListCheck {
             uri,
-            issuer: "https://issuer.example",
-            algorithms: &[Alg::ES256],
-            keys: &keys,
-            clock_skew_secs: 60,
+            signer: Signer {
+                issuer: "https://issuer.example",
+                algorithms: &[Alg::ES256],
+                keys: &keys,
+                clock_skew_secs: 60,
+            },
             policy: &policy,
         };
         let decoded = verify_list_token(list["token"].as_str().unwrap(), &check, now)

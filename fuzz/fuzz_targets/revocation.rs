@@ -12,7 +12,7 @@ use tokengate::crypto::b64;
 use tokengate::revocation::denylist::{Denylist, Subject};
 use tokengate::revocation::logout::{self, LogoutCheck};
 use tokengate::revocation::status_list::{verify_list_token, ListCheck, StatusList};
-use tokengate::revocation::{form_value, StatusListPolicy};
+use tokengate::revocation::{form_value, Signer, StatusListPolicy};
 use tokengate::token::jwks::KeySet;
 
 thread_local! {
@@ -54,24 +54,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let policy = policy();
     KEYS.with(|keys| {
-        let check = ListCheck {
-            uri: "https://idp.test/lists/1",
+        let signer = Signer {
             issuer: "https://idp.test/realms/demo",
             algorithms: &Alg::ALL,
             keys,
             clock_skew_secs: 60,
-            policy: &policy,
         };
+        let check = ListCheck { uri: "https://idp.test/lists/1", signer, policy: &policy };
         if let Ok(list) = verify_list_token(text.trim(), &check, common::NOW) {
             lookups(&list, data);
         }
-        let check = LogoutCheck {
-            issuer: "https://idp.test/realms/demo",
-            client_id: "gateway",
-            algorithms: &Alg::ALL,
-            keys,
-            clock_skew_secs: 60,
-        };
+        let check = LogoutCheck { signer, client_id: "gateway" };
         if let Ok(logout) = logout::verify(text.trim(), &check, common::NOW) {
             let mut denylist = Denylist::default();
             let _ = denylist.record(&logout, common::NOW, 3600, 60);

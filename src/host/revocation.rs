@@ -14,7 +14,7 @@ use crate::revocation::logout::{Logout, LogoutError};
 use crate::revocation::status_list::{
     self, fetch_due, verify_list_token, ListCheck, ListError, StatusList,
 };
-use crate::revocation::StatusListPolicy;
+use crate::revocation::{Signer, StatusListPolicy};
 use crate::stats::{Counter, RevocationEvent};
 use crate::token::jwks::KeySet;
 use proxy_wasm::hostcalls;
@@ -447,10 +447,7 @@ fn check_list(
         .ok_or(ListError::Token(crate::error::AuthnError::KeysUnavailable))?;
     let check = ListCheck {
         uri: &slot.uri,
-        issuer: &provider.policy.issuer,
-        algorithms: &provider.policy.algorithms,
-        keys: &set,
-        clock_skew_secs: provider.policy.clock_skew_secs,
+        signer: Signer::of(&provider.policy, &set),
         policy,
     };
     verify_list_token(token, &check, now_ms / 1000)

@@ -1,9 +1,8 @@
 //! OpenID Connect Back-Channel Logout 1.0, §2.4 and §2.6: reading and validating a
 //! logout token. What it logs out goes to the [`super::denylist`].
 
-use crate::crypto::alg::Alg;
+use super::Signer;
 use crate::error::AuthnError;
-use crate::token::jwks::KeySet;
 use crate::token::jwt::{self, audience_matches, numeric_date_secs};
 use serde_json::Value;
 
@@ -81,18 +80,16 @@ impl LogoutError {
     }
 }
 
-/// What a logout token is checked with: the provider's keys and issuer, the client id.
+/// What a logout token is checked with: the provider's signature, the client id.
 pub struct LogoutCheck<'a> {
-    pub issuer: &'a str,
+    pub signer: Signer<'a>,
     pub client_id: &'a str,
-    pub algorithms: &'a [Alg],
-    pub keys: &'a KeySet,
-    pub clock_skew_secs: u64,
 }
 
 /// Validates a logout token per §2.6 (the `jti` replay check is the denylist's).
 pub fn verify(token: &str, check: &LogoutCheck<'_>, now: u64) -> Result<Logout, LogoutError> {
-    let signed = jwt::verify_signed(token, check.algorithms, check.keys, MAX_TOKEN_BYTES)
+    let signer = check.signer;
+    let signed = jwt::verify_signed(token, signer.algorithms, signer.keys, MAX_TOKEN_BYTES)
         .map_err(LogoutError::Signature)?;
     if signed
         .typ
@@ -102,13 +99,13 @@ pub fn verify(token: &str, check: &LogoutCheck<'_>, now: u64) -> Result<Logout, 
         return Err(LogoutError::Type);
     }
     let claims = &signed.claims;
-    if claims.get("iss").and_then(Value::as_str) != Some(check.issuer) {
+    if claims.get("iss").and_then(Value::as_str) != Some(signer.issuer) {
         return Err(LogoutError::Issuer);
     }
     if !audience_matches(claims.get("aud"), &[check.client_id.to_owned()]) {
         return Err(LogoutError::Audience);
     }
-    let skew = check.clock_skew_secs;
+    let skew = signer.clock_skew_secs;
     let iat = numeric_date_secs(claims.get("iat")).ok_or(LogoutError::IssuedAt)?;
     if iat > now.saturating_add(skew) || now > iat.saturating_add(MAX_AGE_SECS + skew) {
         return Err(LogoutError::IssuedAt);
@@ -150,6 +147,7 @@ pub fn verify(token: &str, check: &LogoutCheck<'_>, now: u64) -> Result<Logout, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::alg::Alg;
     use crate::testutil::*;
     use serde_json::json;
 
@@ -169,11 +167,13 @@ mod tests {
     fn check(token: &str) -> Result<Logout, LogoutError> {
         let keys = keyset();
         let check = LogoutCheck {
-            issuer: ISSUER,
+            signer: Signer {
+                issuer: ISSUER,
+                algorithms: &Alg::ALL,
+                keys: &keys,
+                clock_skew_secs: 60,
+            },
             client_id: "gateway",
-            algorithms: &Alg::ALL,
-            keys: &keys,
-            clock_skew_secs: 60,
         };
         verify(token, &check, NOW)
     }

@@ -8,9 +8,33 @@ pub mod denylist;
 pub mod logout;
 pub mod status_list;
 
+use crate::crypto::alg::Alg;
 use crate::error::AuthnError;
 use crate::remote::Uri;
+use crate::token::jwks::KeySet;
+use crate::token::jwt::Policy;
 use serde_json::{Map, Value};
+
+/// Whose signature a list token or a logout token must carry: the provider's issuer,
+/// algorithms, keys and clock skew (its access-token rules don't apply).
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub issuer: &'a str,
+    pub algorithms: &'a [Alg],
+    pub keys: &'a KeySet,
+    pub clock_skew_secs: u64,
+}
+
+impl<'a> Signer<'a> {
+    pub fn of(policy: &'a Policy, keys: &'a KeySet) -> Signer<'a> {
+        Signer {
+            issuer: &policy.issuer,
+            algorithms: &policy.algorithms,
+            keys,
+            clock_skew_secs: policy.clock_skew_secs,
+        }
+    }
+}
 
 /// What a verified token shows revocation checks, kept with its cached identity.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,12 +2,10 @@
 //! the Status List Token's checks, the compressed list's decoding and lookup, and when
 //! a list is fetched again. Times in seconds, passed in.
 
-use super::{origin_of, StatusListPolicy};
-use crate::crypto::alg::Alg;
+use super::{origin_of, Signer, StatusListPolicy};
 use crate::crypto::b64;
 use crate::error::AuthnError;
 use crate::remote::{Lease, Uri};
-use crate::token::jwks::KeySet;
 use crate::token::jwt::{self, numeric_date_secs};
 use serde_json::{Map, Value};
 use std::rc::Rc;
@@ -207,13 +205,11 @@ impl ListError {
     }
 }
 
-/// What a list token is checked with.
+/// What a list token is checked with: the URI it was fetched for, the provider's
+/// signature, the `status_list` settings.
 pub struct ListCheck<'a> {
     pub uri: &'a str,
-    pub issuer: &'a str,
-    pub algorithms: &'a [Alg],
-    pub keys: &'a KeySet,
-    pub clock_skew_secs: u64,
+    pub signer: Signer<'a>,
     pub policy: &'a StatusListPolicy,
 }
 
@@ -227,8 +223,9 @@ pub fn verify_list_token(
     now: u64,
 ) -> Result<StatusList, ListError> {
     let max = check.policy.max_token_bytes();
+    let signer = check.signer;
     let signed =
-        jwt::verify_signed(token, check.algorithms, check.keys, max).map_err(ListError::Token)?;
+        jwt::verify_signed(token, signer.algorithms, signer.keys, max).map_err(ListError::Token)?;
     if signed.typ.as_deref() != Some(LIST_TOKEN_TYPE) {
         return Err(ListError::Type);
     }
@@ -237,11 +234,11 @@ pub fn verify_list_token(
         return Err(ListError::Subject);
     }
     if let Some(iss) = claims.get("iss") {
-        if iss.as_str() != Some(check.issuer) {
+        if iss.as_str() != Some(signer.issuer) {
             return Err(ListError::Token(AuthnError::IssuerNotAllowed));
         }
     }
-    let skew = check.clock_skew_secs;
+    let skew = signer.clock_skew_secs;
     let iat = numeric_date_secs(claims.get("iat")).ok_or(ListError::IssuedAt)?;
     if iat > now.saturating_add(skew) {
         return Err(ListError::IssuedAt);
@@ -318,6 +315,7 @@ pub fn fetch_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::alg::Alg;
     use crate::testutil::*;
     use miniz_oxide::deflate::compress_to_vec_zlib;
     use serde_json::json;
@@ -371,10 +369,12 @@ mod tests {
         let keys = keyset();
         let check = ListCheck {
             uri: URI,
-            issuer: ISSUER,
-            algorithms: &Alg::ALL,
-            keys: &keys,
-            clock_skew_secs: 60,
+            signer: Signer {
+                issuer: ISSUER,
+                algorithms: &Alg::ALL,
+                keys: &keys,
+                clock_skew_secs: 60,
+            },
             policy: &policy,
         };
         verify_list_token(token, &check, NOW)
