@@ -164,9 +164,11 @@ pub enum ListState {
 /// The host's side of revocation: status lists (fetched, shared, refreshed) and the
 /// back-channel logout denylist, both per provider.
 pub trait Revocations {
-    /// The list at `uri` for `provider`; when none is usable and `may_start`, asks for
-    /// a fetch (then `Pending`).
-    fn status_list(&self, provider: usize, uri: &Rc<str>, may_start: bool) -> ListState;
+    /// The list at `uri` for `provider`; when none is usable, asks for a fetch. `Pending`
+    /// only while this request may wait for it (the host bounds that: once per request,
+    /// within its deadline), so the flow waits whenever it hears `Pending`: a request
+    /// that first waited for its provider's keys may then wait for its list.
+    fn status_list(&self, provider: usize, uri: &Rc<str>) -> ListState;
     /// The provider's denylist, when it has one with entries.
     fn denylist(&self, provider: usize) -> Option<Rc<Denylist>>;
 }
@@ -175,7 +177,7 @@ pub trait Revocations {
 pub struct NoRevocations;
 
 impl Revocations for NoRevocations {
-    fn status_list(&self, _: usize, _: &Rc<str>, _: bool) -> ListState {
+    fn status_list(&self, _: usize, _: &Rc<str>) -> ListState {
         ListState::Unavailable
     }
     fn denylist(&self, _: usize) -> Option<Rc<Denylist>> {
@@ -876,7 +878,7 @@ fn check_revocation(
             false => Ok(()),
         };
     };
-    match revocations.status_list(id, &status.uri, !context.waited) {
+    match revocations.status_list(id, &status.uri) {
         ListState::Ready(list) => list.check(status.idx).map_err(|e| {
             match e {
                 AuthnError::Revoked => {
@@ -889,16 +891,12 @@ fn check_revocation(
             }
             NotVerified::Refused(e)
         }),
-        ListState::Pending if !context.waited => {
-            Err(NotVerified::WaitStatusList(id, status.uri.clone()))
-        }
-        ListState::Pending | ListState::Unavailable if policy.allow_unavailable => {
+        ListState::Pending => Err(NotVerified::WaitStatusList(id, status.uri.clone())),
+        ListState::Unavailable if policy.allow_unavailable => {
             counters.push(Counter::Revocation(RevocationEvent::ListUnavailableAllowed));
             Ok(())
         }
-        ListState::Pending | ListState::Unavailable => {
-            Err(NotVerified::Refused(AuthnError::StatusUnavailable))
-        }
+        ListState::Unavailable => Err(NotVerified::Refused(AuthnError::StatusUnavailable)),
     }
 }
 
@@ -2241,7 +2239,7 @@ mod revocation_tests {
     }
 
     impl Revocations for FakeHost {
-        fn status_list(&self, _: usize, uri: &Rc<str>, _: bool) -> ListState {
+        fn status_list(&self, _: usize, uri: &Rc<str>) -> ListState {
             assert_eq!(&**uri, LIST);
             self.asked.set(self.asked.get() + 1);
             self.list.borrow().clone().unwrap_or(ListState::Unavailable)
@@ -2365,6 +2363,11 @@ mod revocation_tests {
             Outcome::Wait(waits) => assert_eq!(waits.status_lists, vec![(0, Rc::from(LIST))]),
             other => panic!("{other:?}"),
         }
+        // Pending is the host's word that this request may wait, even after it waited
+        // for something else (its provider's keys).
+        let d = decide_with(&deny, &host, &mut caches, &with_status(0), true);
+        assert!(matches!(d.outcome, Outcome::Wait(_)), "{d:?}");
+        *host.list.borrow_mut() = Some(ListState::Unavailable);
         let d = decide_with(&deny, &host, &mut caches, &with_status(0), true);
         assert_eq!(
             refusal(&d),

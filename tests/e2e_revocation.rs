@@ -19,6 +19,7 @@ mod support;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::idp::Idp;
 use support::status_list::{Mode, StatusLists};
 use support::{now, Envoy, Response, Upstream};
 use tokengate::crypto::alg::Alg;
@@ -52,6 +53,12 @@ fn new_es256_key(prefix: &str) -> SigningKey {
 /// The one provider, `corp`, trusting `key`, with status lists from `lists` (these
 /// `status_list` fields merged in) and back-channel logout.
 fn config(key: &SigningKey, lists: &StatusLists, status_list: Value) -> String {
+    let jwks = json!({"inline": {"keys": [key.public_jwk()]}});
+    config_with_jwks(jwks, lists, status_list)
+}
+
+/// [`config`] with these `jwks` settings.
+fn config_with_jwks(jwks: Value, lists: &StatusLists, status_list: Value) -> String {
     let mut list = json!({
         "origins": {lists.origin(): "lists"},
         "max_ttl_secs": TTL_SECS,
@@ -66,7 +73,7 @@ fn config(key: &SigningKey, lists: &StatusLists, status_list: Value) -> String {
             "corp": {
                 "issuer": ISSUER,
                 "audiences": [AUDIENCE],
-                "jwks": {"inline": {"keys": [key.public_jwk()]}},
+                "jwks": jwks,
                 "forward": {"claims": {"sub": "x-user-id"}},
                 "revocation": {
                     "status_list": list,
@@ -321,6 +328,31 @@ fn a_token_naming_a_list_elsewhere_is_refused_without_a_callout() {
     let listed = token(&key, "alice", now(), Some((lists.uri(1), 0)));
     all_answer(&envoy, &listed, 12, |r| r.status == 200).unwrap();
     assert_eq!(lists.requests(), 1, "one fetch shared by the workers");
+}
+
+#[test]
+fn a_cold_request_waits_for_its_providers_keys_then_for_its_list() {
+    let key = new_es256_key("cold");
+    let idp = Idp::start(ISSUER, &json!({"keys": [key.public_jwk()]}));
+    let lists = StatusLists::start();
+    lists.publish(1, &key, 1, &[0, 1], TTL_SECS);
+    let jwks = json!({"uri": idp.jwks_uri(), "cluster": "idp", "timeout_ms": 500});
+    let config = config_with_jwks(jwks, &lists, json!({}));
+    tokengate::config::Config::from_json(config.as_bytes()).unwrap();
+    let upstream = Upstream::start();
+    let clusters = [("lists", lists.port()), ("idp", idp.port())];
+    let envoy = Envoy::start_with_clusters(&config, upstream.port(), &clusters)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The very first request: no keys, no list on either worker.
+    let valid = token(&key, "alice", now(), Some((lists.uri(1), 0)));
+    assert_allowed(
+        "first request",
+        &envoy.get_with_token("/api", &valid),
+        "alice",
+    );
+    let revoked = token(&key, "bob", now(), Some((lists.uri(1), 1)));
+    let r = envoy.get_with_token("/api", &revoked);
+    assert!(is_invalid_token(&r, "token revoked"), "{}", seen(&r));
 }
 
 // --- back-channel logout ---------------------------------------------------------------

@@ -166,20 +166,17 @@ struct Attempt {
     resumed: bool,
     /// It may not wait (again): its deadline passed, or its keys moved.
     waited: bool,
+    /// It may (still) wait for a status list: it has not waited for one, and its
+    /// deadline has not passed. A request that waited for keys may wait for its list.
+    list_wait: bool,
 }
 
 impl Attempt {
     const FIRST: Attempt = Attempt {
         resumed: false,
         waited: false,
+        list_wait: true,
     };
-
-    fn resumed(waited: bool) -> Attempt {
-        Attempt {
-            resumed: true,
-            waited,
-        }
-    }
 }
 
 /// How long a logout POST may wait for its body. Envoy without the Wasm filter's
@@ -263,6 +260,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         keys: &state.keys,
         now_ms,
         asked: &asked,
+        may_wait: attempt.list_wait,
     };
     let services = Services {
         keyring: &keyring,
@@ -389,22 +387,23 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
     // Keys that moved get one more decision and no second wait (a refetch for an unknown
     // kid is not repeated). An exchange waiter may wait again until its deadline: when its
     // token's slot went to another token, its own callout may still have to be made.
-    let waited = waiter.deadline_ms <= now_ms() || !waiter.seen.is_empty();
-    let decision = run(
-        state,
-        waiter.context_id,
-        &waiter.request,
-        Attempt::resumed(waited),
-    );
+    let expired = waiter.deadline_ms <= now_ms();
+    let attempt = Attempt {
+        resumed: true,
+        waited: expired || !waiter.seen.is_empty(),
+        list_wait: !expired && waiter.lists.is_empty(),
+    };
+    let decision = run(state, waiter.context_id, &waiter.request, attempt);
     if let Outcome::Wait(waits) = &decision.outcome {
         tally(state, &decision);
-        let again = park(
-            state,
-            waiter.context_id,
-            waiter.request,
-            waits,
-            Some(waiter.deadline_ms),
-        );
+        // Its first wait for a status list (after keys, say) gets a whole fetch's time;
+        // any other wait again keeps the deadline it had.
+        let deadline = if waiter.lists.is_empty() && !waits.status_lists.is_empty() {
+            None
+        } else {
+            Some(waiter.deadline_ms)
+        };
+        let again = park(state, waiter.context_id, waiter.request, waits, deadline);
         state.waiters.borrow_mut().push(again);
         return;
     }

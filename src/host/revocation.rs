@@ -528,10 +528,13 @@ pub struct HostRevocations<'a> {
     pub now_ms: u64,
     /// Set when a request asked for a fetch: the root should tick fast.
     pub asked: &'a Cell<bool>,
+    /// This request may still wait for a list: it has not waited for one yet, and its
+    /// deadline (if it waited for something else) has not passed.
+    pub may_wait: bool,
 }
 
 impl Revocations for HostRevocations<'_> {
-    fn status_list(&self, provider: usize, uri: &Rc<str>, may_start: bool) -> ListState {
+    fn status_list(&self, provider: usize, uri: &Rc<str>) -> ListState {
         let now_ms = self.now_ms;
         let mut store = self.store.borrow_mut();
         let key = (provider, uri.clone());
@@ -561,21 +564,27 @@ impl Revocations for HostRevocations<'_> {
                 }
             }
         }
+        let pending = if self.may_wait {
+            ListState::Pending
+        } else {
+            ListState::Unavailable
+        };
         if slot.in_flight.is_some() || slot.wanted {
-            return ListState::Pending;
+            return pending;
         }
         let lease = read_lease_at(&slot.lease_key())
             .map(|(l, _)| l)
             .unwrap_or_default();
         if lease.is_held(now_ms) {
-            return ListState::Pending;
+            return pending;
         }
-        if now_ms < lease.retry_at_ms || !may_start {
+        if now_ms < lease.retry_at_ms {
             return ListState::Unavailable;
         }
+        // Fetched at the next tick, for this request if it may wait, else for the next.
         slot.wanted = true;
         self.asked.set(true);
-        ListState::Pending
+        pending
     }
 
     fn denylist(&self, provider: usize) -> Option<Rc<Denylist>> {
