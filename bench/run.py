@@ -38,6 +38,13 @@ And two authorization rows next to EdDSA's tg-cached, the same provider and toke
                     `{"result": true}`, through an Envoy cluster `opa`) is asked about once
                     per VM, then the decision cache (`cache_secs` 3600) answers: ≥ 0.9×
 
+And one revocation row next to EdDSA's tg-cached, the same provider and key:
+  tg-status-hit     the provider with `revocation.status_list`, one cached token carrying
+                    `status.status_list` (index 3 of a 1-bit list, VALID): every request looks
+                    its entry up in the VM's fresh copy of the list; the list (a Status List
+                    Token minted by the CLI, ttl 3600 s) is served by a stdlib server in this
+                    process through an Envoy cluster `lists` and fetched about once: ≥ 0.95×
+
 Settings (environment): BENCH_DURATION (s, 5), BENCH_CONNECTIONS (16), BENCH_THREADS
 (wrk threads, 1), BENCH_ROUNDS (2), BENCH_WARMUP (s per variant before round 1, 1),
 BENCH_COLD_TOKENS (unique valid tokens per algorithm, 12000), BENCH_BAD_TOKENS (2000),
@@ -69,9 +76,11 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+STATUS_LIST_FILE: Path | None = None  # set by main: the revocation row's list token
 BENCH = ROOT / "bench"
 WORK = BENCH / ".work"
 LUA = BENCH / "tokens.lua"
@@ -163,6 +172,12 @@ TARGET_COLD_VS_NATIVE = {"RS256": 0.5, "ES256": 0.3, "EdDSA": 1.0}
 TARGET_BAD_VS_NATIVE = {"RS256": 0.5, "EdDSA": 0.5}
 TARGET_EXCHANGE_VS_CACHED = 0.9  # an exchange cache hit vs a cached JWT (tg-cached)
 TARGET_AUTHZ_VS_CACHED = {"tg-authz-3": 0.95, "tg-central-hit": 0.9}  # vs tg-cached
+# The revocation row (issue 14): a cached JWT whose status list entry is looked up on every
+# request, vs the same provider's cached JWT without revocation.
+STATUS_ALG = "EdDSA"
+STATUS_ORIGIN = "http://statuslists.bench"
+STATUS_URI = STATUS_ORIGIN + "/lists/1"
+TARGET_STATUS_VS_CACHED = 0.95
 TARGET_OPT_BYTES = 500 * 1000  # "500 KB", read strictly as 500,000 bytes
 TARGET_START_FACTOR, TARGET_START_EXTRA_MS = 2.0, 500.0
 # "Flat": after the caches are full, further floods of unique tokens grow the wasm VMs'
@@ -467,6 +482,66 @@ def mint(key: Path, subs: list[str]) -> list[str]:
     return tokens
 
 
+def status_files(keys: dict) -> tuple[Path, Path]:
+    """The revocation row's token (status index 3 at STATUS_URI) and its Status List Token
+    (1 bit per entry, every entry VALID, ttl 3600 s), minted by the CLI each run."""
+    key = keys[("keys", STATUS_ALG)]
+    token = run_cli(["token", "--key", str(key), "--iss", ISSUER, "--sub", "status-user",
+                     "--aud", AUDIENCE, "--exp-in", f"{TOKEN_LIFETIME_S}s",
+                     "--claim", "scope=orders:read orders:write",
+                     "--claim", f"status.status_list.uri={STATUS_URI}",
+                     "--claim", "status.status_list.idx=3"]).strip()
+    lst = base64.urlsafe_b64encode(zlib.compress(bytes(16), 9)).rstrip(b"=").decode()
+    listed = run_cli(["token", "--key", str(key), "--iss", ISSUER, "--sub", STATUS_URI,
+                      "--typ", "statuslist+jwt", "--exp-in", "2h", "--claim", "ttl=3600",
+                      "--claim", "status_list=" + json.dumps({"bits": 1, "lst": lst})]).strip()
+    token_path, list_path = WORK / f"{STATUS_ALG}-status.txt", WORK / "statuslist.jwt"
+    token_path.write_text(token + "\n")
+    list_path.write_text(listed)
+    return token_path, list_path
+
+
+class StatusListServer:
+    """The issuer of the revocation row's status list: GET /lists/1 answers the Status
+    List Token; counts the requests."""
+
+    def __init__(self, list_token: str):
+        outer = self
+        self.requests = 0
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args):
+                pass
+
+            def do_GET(self):
+                with outer.lock:
+                    outer.requests += 1
+                body = list_token.encode() if self.path == "/lists/1" else b"not found"
+                self.send_response(200 if self.path == "/lists/1" else 404)
+                self.send_header("content-type", "application/statuslist+jwt")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self) -> int:
+        with self.lock:
+            return self.requests
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
 def file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -613,7 +688,7 @@ def wasm_filter(plugin_name: str, vm_id: str, code: Path, configuration: str) ->
 
 def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
                      exchanges: dict | None = None, rules: list | None = None,
-                     authz_service: dict | None = None) -> dict:
+                     authz_service: dict | None = None, revocation: dict | None = None) -> dict:
     # The same checks as the jwt_authn variants: issuer, audience, signature, exp; the
     # token removed before the request goes on (jwt_authn's forward: false); no claims
     # forwarded. The exchange variants add `exchanges` to this same document (no rules:
@@ -633,6 +708,8 @@ def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
         document["rules"] = rules
     if authz_service:
         document["authz_service"] = authz_service
+    if revocation:
+        document["providers"]["bench"]["revocation"] = revocation
     return wasm_filter(name, "tokengate", code, json.dumps(document))
 
 
@@ -767,6 +844,9 @@ def variants() -> list[Variant]:
                         "tokengate, cached (1 token), 3 conditions + `central`, "
                         "decision cache hit"),
             ]
+        if alg == STATUS_ALG:
+            out.append(Variant("tg-status-hit", alg, "status", 200,
+                               "tokengate, cached (1 token), status list entry looked up"))
         if alg == EXCHANGE_ALG:
             # Right after the cached JWT they are judged against.
             out += [
@@ -804,6 +884,10 @@ def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
     if v.rule:
         rules, service = authz_document(v.kind, policy_port)
         return [tokengate_filter(v.name, v.alg, keyset, rules=rules, authz_service=service)]
+    if v.kind == "tg-status-hit":
+        revocation = {"status_list": {"origins": {STATUS_ORIGIN: "lists"},
+                                      "max_ttl_secs": 3600, "timeout_ms": 1000}}
+        return [tokengate_filter(v.name, v.alg, keyset, revocation=revocation)]
     return [tokengate_filter(v.name, v.alg, keyset)]
 
 
@@ -1108,6 +1192,11 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         log(f"introspection server on 127.0.0.1:{auth_port}{INTROSPECT_PATH}")
         if any(v.kind == "tg-minted-hit" for v in exchanging):
             mint_key = ensure_mint_key()
+    lists = None
+    if any(v.kind == "tg-status-hit" for v in vs):
+        lists = StatusListServer(STATUS_LIST_FILE.read_text())
+        clusters.append(auth_cluster(lists.port, "lists"))
+        log(f"status list server on 127.0.0.1:{lists.port}/lists/1")
     centrals = [v for v in vs if v.central]
     policy_port = 0
     if centrals:
@@ -1169,6 +1258,8 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
             AUTH.stop()
         if POLICY:
             POLICY.stop()
+        if lists:
+            lists.stop()
     return info
 
 
@@ -1491,6 +1582,10 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
             goal = TARGET_AUTHZ_VS_CACHED[kind]
             target(f"{what} vs cached valid JWT ({AUTHZ_ALG})", f"{r:.3f}×", f"≥ {goal}×",
                    r >= goal)
+    r = ratio("tg-status-hit", STATUS_ALG, "tg-cached")
+    if r is not None:
+        target(f"cached JWT + status list lookup vs cached valid JWT ({STATUS_ALG})",
+               f"{r:.3f}×", f"≥ {TARGET_STATUS_VS_CACHED}×", r >= TARGET_STATUS_VS_CACHED)
     for alg, goal in TARGET_COLD_VS_NATIVE.items():
         r = ratio("tg-cold", alg, "native")
         if r is None:
@@ -1616,6 +1711,8 @@ def main() -> int:
     keys = ensure_keys()
     token_files = ensure_tokens(keys)
     token_files[(EXCHANGE_ALG, "opaque")] = opaque_token_file()
+    global STATUS_LIST_FILE
+    token_files[(STATUS_ALG, "status")], STATUS_LIST_FILE = status_files(keys)
     keyset = jwks(keys)
     vs = variants()
     if not vs:

@@ -3,6 +3,7 @@
 //! the request, so a token can't end up in a response.
 
 use crate::error::{AuthnError, Refusal};
+use crate::revocation::logout::LogoutError;
 
 /// A response the filter sends instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,36 @@ impl Deny {
     }
 }
 
+impl Deny {
+    /// A refused back-channel logout request (OIDC Back-Channel Logout 1.0 §2.8): 400
+    /// `invalid_request`, 413 for an oversized body, 503 when the gateway is at fault.
+    pub fn logout_refused(error: LogoutError) -> Deny {
+        let (status, code) = match error {
+            LogoutError::BodyTooLarge => (413, "invalid_request"),
+            LogoutError::Busy | LogoutError::Signature(AuthnError::KeysUnavailable) => {
+                (503, "temporarily_unavailable")
+            }
+            _ => (400, "invalid_request"),
+        };
+        Deny {
+            status,
+            www_authenticate: None,
+            body: body(code, error.description()),
+            headers: vec![("cache-control".to_owned(), "no-store".to_owned())],
+        }
+    }
+
+    /// 405 for a method one of the filter's own endpoints does not take.
+    pub fn method_not_allowed() -> Deny {
+        Deny {
+            status: 405,
+            www_authenticate: None,
+            body: body("invalid_request", "method not allowed"),
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// A rule name inside a quoted header parameter: no quotes, backslashes or controls.
 fn sanitize(name: &str) -> String {
     name.chars()
@@ -165,6 +196,36 @@ mod tests {
             deny.www_authenticate.as_deref(),
             Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token inactive or revoked\"")
         );
+    }
+
+    #[test]
+    fn revoked_is_invalid_token_and_status_unavailable_is_503() {
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::Revoked), "api");
+        assert_eq!(deny.status, 401);
+        assert_eq!(
+            deny.www_authenticate.as_deref(),
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token revoked\"")
+        );
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::Suspended), "api");
+        assert_eq!(
+            (deny.status, deny.body.contains("token suspended")),
+            (401, true)
+        );
+        let deny = Deny::for_refusal(Refusal::Authn(AuthnError::StatusUnavailable), "api");
+        assert_eq!((deny.status, deny.www_authenticate), (503, None));
+    }
+
+    #[test]
+    fn a_refused_logout_is_400_invalid_request_with_an_oidc_error_body() {
+        let deny = Deny::logout_refused(LogoutError::Replayed);
+        assert_eq!(deny.status, 400);
+        let body: serde_json::Value = serde_json::from_str(&deny.body).unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["error_description"], "logout token already used");
+        assert_eq!(Deny::logout_refused(LogoutError::BodyTooLarge).status, 413);
+        assert_eq!(Deny::logout_refused(LogoutError::Busy).status, 503);
+        let keyless = LogoutError::Signature(AuthnError::KeysUnavailable);
+        assert_eq!(Deny::logout_refused(keyless).status, 503);
     }
 
     #[test]

@@ -42,6 +42,21 @@ pub enum AuthnError {
     UnexpectedJwt,
     /// The auth service could not answer (down, slow, refusing the gateway, garbage).
     ExchangeUnavailable,
+    /// The token's status list entry is INVALID (1), or a back-channel logout covers
+    /// its `sub`/`sid` and it was issued before the logout.
+    Revoked,
+    /// The token's status list entry is SUSPENDED (2).
+    Suspended,
+    /// `require_status` is set and the token has no `status.status_list` claim.
+    StatusMissing,
+    /// The token's `status.status_list` is malformed, its index is outside the list,
+    /// or its entry is a value other than VALID, INVALID or SUSPENDED.
+    StatusInvalid,
+    /// The token's status list URI is not on an allowed origin: never fetched.
+    StatusUriNotAllowed,
+    /// The token's status list could not be fetched or verified, and
+    /// `on_unavailable` is `deny` (503).
+    StatusUnavailable,
 }
 
 impl AuthnError {
@@ -65,6 +80,12 @@ impl AuthnError {
             AuthnError::Inactive => "inactive",
             AuthnError::UnexpectedJwt => "unexpected_jwt",
             AuthnError::ExchangeUnavailable => "exchange_unavailable",
+            AuthnError::Revoked => "revoked",
+            AuthnError::Suspended => "suspended",
+            AuthnError::StatusMissing => "status_missing",
+            AuthnError::StatusInvalid => "status_invalid",
+            AuthnError::StatusUriNotAllowed => "status_uri",
+            AuthnError::StatusUnavailable => "status_unavailable",
         }
     }
 
@@ -88,6 +109,12 @@ impl AuthnError {
             AuthnError::Inactive => "token inactive or revoked",
             AuthnError::UnexpectedJwt => "a JWT is not accepted here",
             AuthnError::ExchangeUnavailable => "authorization service unavailable",
+            AuthnError::Revoked => "token revoked",
+            AuthnError::Suspended => "token suspended",
+            AuthnError::StatusMissing => "token has no status",
+            AuthnError::StatusInvalid => "token status invalid",
+            AuthnError::StatusUriNotAllowed => "status list not allowed",
+            AuthnError::StatusUnavailable => "token status unavailable",
         }
     }
 
@@ -99,13 +126,21 @@ impl AuthnError {
             AuthnError::Missing => 0,
             AuthnError::IssuerNotAllowed => 1,
             AuthnError::UnknownKid | AuthnError::AlgNotAllowed => 2,
-            AuthnError::KeysUnavailable | AuthnError::ExchangeUnavailable => 4,
+            AuthnError::KeysUnavailable
+            | AuthnError::ExchangeUnavailable
+            | AuthnError::StatusUnavailable => 4,
+            // The token verified: its own status is the most specific thing to say.
+            AuthnError::Revoked
+            | AuthnError::Suspended
+            | AuthnError::StatusMissing
+            | AuthnError::StatusInvalid
+            | AuthnError::StatusUriNotAllowed => 5,
             _ => 3,
         }
     }
 
     /// Every variant, for reading a reason back (shared exchange records store it).
-    pub const ALL: [AuthnError; 17] = [
+    pub const ALL: [AuthnError; 23] = [
         AuthnError::Missing,
         AuthnError::TooLong,
         AuthnError::Malformed,
@@ -123,6 +158,12 @@ impl AuthnError {
         AuthnError::Inactive,
         AuthnError::UnexpectedJwt,
         AuthnError::ExchangeUnavailable,
+        AuthnError::Revoked,
+        AuthnError::Suspended,
+        AuthnError::StatusMissing,
+        AuthnError::StatusInvalid,
+        AuthnError::StatusUriNotAllowed,
+        AuthnError::StatusUnavailable,
     ];
 
     /// The variant whose `reason()` this is.
@@ -134,7 +175,9 @@ impl AuthnError {
     pub fn is_unavailable(self) -> bool {
         matches!(
             self,
-            AuthnError::KeysUnavailable | AuthnError::ExchangeUnavailable
+            AuthnError::KeysUnavailable
+                | AuthnError::ExchangeUnavailable
+                | AuthnError::StatusUnavailable
         )
     }
 }

@@ -14,7 +14,11 @@ use crate::policy::authz::Facts;
 use crate::policy::central::{self, Decision as PolicyDecision};
 use crate::policy::paths;
 use crate::policy::rules::{first_match, Authenticator, AuthnRequirement, Rule, RuleAction};
-use crate::stats::{AuthzEvent, Counter, ExchangeEvent, RuleEvent};
+use crate::revocation::denylist::Denylist;
+use crate::revocation::logout::{self, Logout, LogoutCheck, LogoutError};
+use crate::revocation::status_list::StatusList;
+use crate::revocation::Revocable;
+use crate::stats::{AuthzEvent, Counter, ExchangeEvent, RevocationEvent, RuleEvent};
 use crate::token::cache::{Entry, Identity, TokenCache, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES};
 use crate::token::extract::Source;
 use crate::token::extract::{Found, HeaderEdit, Location, Request};
@@ -130,6 +134,8 @@ pub struct Waits {
     pub central: Option<[u8; 32]>,
     /// These providers' login endpoints (discovery).
     pub logins: Vec<usize>,
+    /// (provider, list URI): a status list being fetched.
+    pub status_lists: Vec<(usize, Rc<str>)>,
 }
 
 /// What the host knows about a remote provider's keys right now.
@@ -249,6 +255,41 @@ impl LoginService for NoLoginService {
     }
 }
 
+/// What the host knows about a status list right now.
+#[derive(Debug, Clone)]
+pub enum ListState {
+    /// This VM's verified copy, within its ttl.
+    Ready(Rc<StatusList>),
+    /// None usable, and a fetch is under way or was just asked for: worth waiting for.
+    Pending,
+    /// None usable, and none coming soon (fetches failing, backing off).
+    Unavailable,
+}
+
+/// The host's side of revocation: status lists (fetched, shared, refreshed) and the
+/// back-channel logout denylist, both per provider.
+pub trait Revocations {
+    /// The list at `uri` for `provider`; when none is usable, asks for a fetch. `Pending`
+    /// only while this request may wait for it (the host bounds that: once per request,
+    /// within its deadline), so the flow waits whenever it hears `Pending`: a request
+    /// that first waited for its provider's keys may then wait for its list.
+    fn status_list(&self, provider: usize, uri: &Rc<str>) -> ListState;
+    /// The provider's denylist, when it has one with entries.
+    fn denylist(&self, provider: usize) -> Option<Rc<Denylist>>;
+}
+
+/// For configurations without revocation (and for tests).
+pub struct NoRevocations;
+
+impl Revocations for NoRevocations {
+    fn status_list(&self, _: usize, _: &Rc<str>) -> ListState {
+        ListState::Unavailable
+    }
+    fn denylist(&self, _: usize) -> Option<Rc<Denylist>> {
+        None
+    }
+}
+
 /// The host services the flow consults.
 #[derive(Clone, Copy)]
 pub struct Services<'a> {
@@ -256,6 +297,7 @@ pub struct Services<'a> {
     pub exchanges: &'a dyn ExchangeStore,
     pub policy: &'a dyn PolicyService,
     pub login: &'a dyn LoginService,
+    pub revocations: &'a dyn Revocations,
 }
 
 impl Services<'static> {
@@ -266,6 +308,7 @@ impl Services<'static> {
             exchanges: &NoExchanges,
             policy: &NoPolicy,
             login: &NoLoginService,
+            revocations: &NoRevocations,
         }
     }
 }
@@ -303,6 +346,8 @@ enum NotVerified {
     WaitKeys(usize),
     /// The auth service's answer for this token is on its way.
     WaitExchange(usize, TokenKey),
+    /// The token's status list is being fetched.
+    WaitStatusList(usize, Rc<str>),
 }
 
 /// The outcome plus what the host should count and log.
@@ -488,6 +533,7 @@ impl Step<'_> {
                 }
                 Err(NotVerified::WaitKeys(id)) => waits.providers.push(id),
                 Err(NotVerified::WaitExchange(id, key)) => waits.exchanges.push((id, key)),
+                Err(NotVerified::WaitStatusList(id, uri)) => waits.status_lists.push((id, uri)),
                 Err(NotVerified::Refused(e)) => {
                     if let Location::Cookie(name) = &found.location {
                         let login = login_provider(config, *authenticator);
@@ -858,6 +904,23 @@ fn own_endpoint(
     now: u64,
     waited: bool,
 ) -> Option<Decision> {
+    // A back-channel logout POST is decided on its body (the host reads it first and
+    // calls `backchannel_logout`); here it is one without a body, or another method.
+    if backchannel_endpoint(config, request).is_some() {
+        let deny = match request.method.as_str() {
+            "POST" => Deny::logout_refused(LogoutError::MissingToken),
+            _ => Deny::method_not_allowed(),
+        };
+        let mut headers = deny.headers;
+        headers.push(("cache-control".to_owned(), "no-store".to_owned()));
+        let reply = Reply {
+            status: deny.status,
+            content_type: "application/json",
+            body: deny.body,
+            headers,
+        };
+        return Some(reply_decision(reply, Vec::new()));
+    }
     let path = request.path_only();
     if matches!(request.method.as_str(), "GET" | "HEAD") {
         if let Some((_, jwks)) = config.jwks_paths.iter().find(|(served, _)| served == path) {
@@ -1082,6 +1145,56 @@ fn with_session_token(request: &Request, session: &str, token: &str) -> Request 
     request
 }
 
+/// The provider whose back-channel logout endpoint this request is for (any method).
+pub fn backchannel_endpoint(config: &Config, request: &Request) -> Option<usize> {
+    if config.backchannel_paths.is_empty() {
+        return None;
+    }
+    let path = request.path_only();
+    config
+        .backchannel_paths
+        .iter()
+        .find(|(served, _)| served == path)
+        .map(|(_, provider)| *provider)
+}
+
+/// A back-channel logout POST's body (form `logout_token`) checked for `provider` with
+/// its keys (`None`: none yet). Recording it (and the replay check) is the denylist's.
+pub fn backchannel_logout(
+    config: &Config,
+    provider: usize,
+    body: &[u8],
+    keys: Option<&KeySet>,
+    now: u64,
+) -> Result<Logout, LogoutError> {
+    if body.len() > logout::MAX_BODY_BYTES {
+        return Err(LogoutError::BodyTooLarge);
+    }
+    let provider = config
+        .providers
+        .get(provider)
+        .ok_or(LogoutError::MissingToken)?;
+    let backchannel = provider
+        .revocation
+        .as_ref()
+        .and_then(|r| r.backchannel.as_ref())
+        .ok_or(LogoutError::MissingToken)?;
+    let token =
+        crate::revocation::form_value(body, "logout_token").ok_or(LogoutError::MissingToken)?;
+    let keys = match (&provider.keys, keys) {
+        (KeySource::Inline(keys), _) => keys.as_ref(),
+        (KeySource::Remote(_), Some(keys)) => keys,
+        (KeySource::Remote(_), None) => {
+            return Err(LogoutError::Signature(AuthnError::KeysUnavailable))
+        }
+    };
+    let check = LogoutCheck {
+        signer: crate::revocation::Signer::of(&provider.policy, keys),
+        client_id: &backchannel.client_id,
+    };
+    logout::verify(&token, &check, now)
+}
+
 /// The tokens to try, in the rule's order, and whether an exchange's source held a JWT
 /// (which goes to providers only). A token that looks like a JWT is for the rule's
 /// providers; any other token goes to the first exchange listed whose source holds one
@@ -1174,7 +1287,10 @@ fn authenticate(
         counters.push(Counter::CacheHit);
         let identity = entry.identity.clone();
         return match jwt::check_lifetime(entry.lifetime, &provider.policy, now) {
-            Ok(()) => Ok(identity),
+            Ok(()) => {
+                check_revocation(context, id, provider, &identity, counters)?;
+                Ok(identity)
+            }
             Err(e) => {
                 cache.remove(id, token);
                 Err(NotVerified::Refused(e))
@@ -1204,14 +1320,24 @@ fn authenticate(
         }
         Err(e) => return Err(NotVerified::Refused(e)),
     };
+    // Read once here, kept with the cached identity; a malformed or unlisted status
+    // reference refuses the token (and it is not cached).
+    let revocable = match &provider.revocation {
+        Some(revocation) => {
+            Some(Revocable::read(&verified.claims, revocation).map_err(NotVerified::Refused)?)
+        }
+        None => None,
+    };
     let headers = provider
         .forward
         .identity_headers(&verified.claims, &verified.payload_segment);
-    let identity = Rc::new(Identity::new(
+    let mut identity = Identity::new(
         Authenticator::Provider(id),
         headers,
         Rc::new(verified.claims),
-    ));
+    );
+    identity.revocable = revocable;
+    let identity = Rc::new(identity);
     cache.insert(
         id,
         token,
@@ -1220,7 +1346,60 @@ fn authenticate(
             identity: identity.clone(),
         },
     );
+    check_revocation(context, id, provider, &identity, counters)?;
     Ok(identity)
+}
+
+/// A verified token's revocation checks, on every request (cache hits included): the
+/// back-channel logout denylist, then its status list entry. Lookups only, when the
+/// list is fresh.
+fn check_revocation(
+    context: &Context<'_>,
+    id: usize,
+    provider: &Provider,
+    identity: &Identity,
+    counters: &mut Vec<Counter>,
+) -> Result<(), NotVerified> {
+    let (Some(revocation), Some(revocable)) = (&provider.revocation, &identity.revocable) else {
+        return Ok(());
+    };
+    let revocations = context.services.revocations;
+    if revocation.backchannel.is_some() {
+        if let Some(denylist) = revocations.denylist(id) {
+            if denylist.revokes(&revocable.subject, context.now) {
+                return Err(NotVerified::Refused(AuthnError::Revoked));
+            }
+        }
+    }
+    let Some(policy) = &revocation.status_list else {
+        return Ok(());
+    };
+    let Some(status) = &revocable.status else {
+        return match policy.require_status {
+            true => Err(NotVerified::Refused(AuthnError::StatusMissing)),
+            false => Ok(()),
+        };
+    };
+    match revocations.status_list(id, &status.uri) {
+        ListState::Ready(list) => list.check(status.idx).map_err(|e| {
+            match e {
+                AuthnError::Revoked => {
+                    counters.push(Counter::Revocation(RevocationEvent::ListRevoked))
+                }
+                AuthnError::Suspended => {
+                    counters.push(Counter::Revocation(RevocationEvent::ListSuspended))
+                }
+                _ => {}
+            }
+            NotVerified::Refused(e)
+        }),
+        ListState::Pending => Err(NotVerified::WaitStatusList(id, status.uri.clone())),
+        ListState::Unavailable if policy.allow_unavailable => {
+            counters.push(Counter::Revocation(RevocationEvent::ListUnavailableAllowed));
+            Ok(())
+        }
+        ListState::Unavailable => Err(NotVerified::Refused(AuthnError::StatusUnavailable)),
+    }
 }
 
 /// An opaque token's identity: the VM's copy, else what all workers know, else wait for
@@ -1766,6 +1945,7 @@ mod remote_tests {
             exchanges: &NoExchanges,
             policy: &NoPolicy,
             login: &NoLoginService,
+            revocations: &NoRevocations,
         };
         decide(&config, services, &request, NOW, &mut cache, waited)
     }
@@ -1788,6 +1968,7 @@ mod remote_tests {
                 exchanges: vec![],
                 central: None,
                 logins: Vec::new(),
+                status_lists: vec![],
             })
         );
         let after = decide_with(&pending, &t, true);
@@ -1831,6 +2012,7 @@ mod remote_tests {
                 exchanges: vec![],
                 central: None,
                 logins: Vec::new(),
+                status_lists: vec![],
             })
         );
         let after = decide_with(&ready, &t, true);
@@ -1951,6 +2133,7 @@ mod exchange_tests {
             exchanges: store,
             policy: &NoPolicy,
             login: &NoLoginService,
+            revocations: &NoRevocations,
         };
         decide(config, services, &request(auth), NOW, caches, waited)
     }
@@ -2239,6 +2422,7 @@ mod authz_tests {
             exchanges: &NoExchanges,
             policy,
             login: &NoLoginService,
+            revocations: &NoRevocations,
         };
         decide(
             config,
@@ -3081,5 +3265,286 @@ mod login_tests {
         });
         assert_eq!(reply.status, 502);
         assert!(reply.headers.iter().all(|(n, _)| n != "set-cookie"));
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use crate::testutil::*;
+    use miniz_oxide::deflate::compress_to_vec_zlib;
+    use serde_json::{json, Value};
+    use std::cell::{Cell, RefCell};
+
+    const LIST: &str = "https://idp.test/lists/1";
+
+    /// A host whose lists and denylist the test sets.
+    #[derive(Default)]
+    struct FakeHost {
+        list: RefCell<Option<ListState>>,
+        denylist: RefCell<Option<Rc<Denylist>>>,
+        asked: Cell<u32>,
+    }
+
+    impl Revocations for FakeHost {
+        fn status_list(&self, _: usize, uri: &Rc<str>) -> ListState {
+            assert_eq!(&**uri, LIST);
+            self.asked.set(self.asked.get() + 1);
+            self.list.borrow().clone().unwrap_or(ListState::Unavailable)
+        }
+        fn denylist(&self, _: usize) -> Option<Rc<Denylist>> {
+            self.denylist.borrow().clone()
+        }
+    }
+
+    fn config(revocation: Value) -> Config {
+        let doc = json!({
+            "providers": { "corp": { "issuer": ISSUER, "audiences": ["orders"],
+                "jwks": { "inline": public_jwks() }, "revocation": revocation } }
+        });
+        Config::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+
+    fn lists(extra: Value) -> Value {
+        let mut list = json!({"origins": {"https://idp.test": "idp"}});
+        for (k, v) in extra.as_object().unwrap() {
+            list[k] = v.clone();
+        }
+        json!({"status_list": list, "backchannel_logout": {"path": "/bcl", "client_id": "gateway"}})
+    }
+
+    fn list_of(statuses: &[u8]) -> ListState {
+        let lst = b64::encode(&compress_to_vec_zlib(statuses, 6));
+        let mut list = StatusList::decode(8, &lst, 1024).unwrap();
+        list.expires_at = NOW + 60;
+        ListState::Ready(Rc::new(list))
+    }
+
+    fn with_status(idx: u64) -> String {
+        let mut claims = good_claims();
+        claims["status"] = json!({"status_list": {"idx": idx, "uri": LIST}});
+        claims["iat"] = json!(NOW - 100);
+        claims["sid"] = json!("s-1");
+        token("es256", &claims)
+    }
+
+    fn request(token: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/api".into(),
+            host: "svc".into(),
+            headers: vec![("authorization".into(), format!("Bearer {token}"))],
+        }
+    }
+
+    fn decide_with(
+        config: &Config,
+        host: &FakeHost,
+        caches: &mut Caches,
+        token: &str,
+        waited: bool,
+    ) -> Decision {
+        let services = Services {
+            revocations: host,
+            ..Services::local()
+        };
+        decide(config, services, &request(token), NOW, caches, waited)
+    }
+
+    fn refusal(decision: &Decision) -> Option<Refusal> {
+        decision.refusal
+    }
+
+    #[test]
+    fn a_valid_entry_forwards_and_revoked_or_suspended_entries_are_refused() {
+        let config = config(lists(json!({})));
+        let host = FakeHost::default();
+        *host.list.borrow_mut() = Some(list_of(&[0, 1, 2, 3]));
+        let mut caches = Caches::for_config(&config);
+        let ok = decide_with(&config, &host, &mut caches, &with_status(0), false);
+        assert!(matches!(ok.outcome, Outcome::Forward(_)), "{ok:?}");
+        let cases = [
+            (1, AuthnError::Revoked),
+            (2, AuthnError::Suspended),
+            (3, AuthnError::StatusInvalid),
+            (9, AuthnError::StatusInvalid),
+        ];
+        for (idx, error) in cases {
+            let d = decide_with(&config, &host, &mut caches, &with_status(idx), false);
+            assert_eq!(refusal(&d), Some(Refusal::Authn(error)), "idx {idx}");
+        }
+        let d = decide_with(&config, &host, &mut caches, &with_status(1), false);
+        assert!(d
+            .counters
+            .contains(&Counter::Revocation(RevocationEvent::ListRevoked)));
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_its_entry_turns_revoked_and_accepted_again_after() {
+        let config = config(lists(json!({})));
+        let host = FakeHost::default();
+        let mut caches = Caches::for_config(&config);
+        let token = with_status(1);
+        *host.list.borrow_mut() = Some(list_of(&[0, 0]));
+        assert!(matches!(
+            decide_with(&config, &host, &mut caches, &token, false).outcome,
+            Outcome::Forward(_)
+        ));
+        *host.list.borrow_mut() = Some(list_of(&[0, 1]));
+        let d = decide_with(&config, &host, &mut caches, &token, false);
+        assert!(d.counters.contains(&Counter::CacheHit), "a cache hit");
+        assert_eq!(refusal(&d), Some(Refusal::Authn(AuthnError::Revoked)));
+        *host.list.borrow_mut() = Some(list_of(&[0, 0]));
+        let d = decide_with(&config, &host, &mut caches, &token, false);
+        assert!(matches!(d.outcome, Outcome::Forward(_)));
+        assert_eq!(host.asked.get(), 3, "every request looks its entry up");
+    }
+
+    #[test]
+    fn a_pending_list_waits_then_follows_on_unavailable() {
+        let deny = config(lists(json!({})));
+        let host = FakeHost::default();
+        *host.list.borrow_mut() = Some(ListState::Pending);
+        let mut caches = Caches::for_config(&deny);
+        let d = decide_with(&deny, &host, &mut caches, &with_status(0), false);
+        match d.outcome {
+            Outcome::Wait(waits) => assert_eq!(waits.status_lists, vec![(0, Rc::from(LIST))]),
+            other => panic!("{other:?}"),
+        }
+        // Pending is the host's word that this request may wait, even after it waited
+        // for something else (its provider's keys).
+        let d = decide_with(&deny, &host, &mut caches, &with_status(0), true);
+        assert!(matches!(d.outcome, Outcome::Wait(_)), "{d:?}");
+        *host.list.borrow_mut() = Some(ListState::Unavailable);
+        let d = decide_with(&deny, &host, &mut caches, &with_status(0), true);
+        assert_eq!(
+            refusal(&d),
+            Some(Refusal::Authn(AuthnError::StatusUnavailable))
+        );
+        match d.outcome {
+            Outcome::Deny(deny) => assert_eq!(deny.status, 503),
+            other => panic!("{other:?}"),
+        }
+        let allow = config(lists(json!({"on_unavailable": "allow"})));
+        *host.list.borrow_mut() = Some(ListState::Unavailable);
+        let mut caches = Caches::for_config(&allow);
+        let d = decide_with(&allow, &host, &mut caches, &with_status(0), false);
+        assert!(matches!(d.outcome, Outcome::Forward(_)));
+        assert!(d.counters.contains(&Counter::Revocation(
+            RevocationEvent::ListUnavailableAllowed
+        )));
+    }
+
+    #[test]
+    fn a_token_without_status_passes_unless_status_is_required() {
+        let host = FakeHost::default();
+        let plain = token("es256", &good_claims());
+        let optional = config(lists(json!({})));
+        let d = decide_with(
+            &optional,
+            &host,
+            &mut Caches::for_config(&optional),
+            &plain,
+            false,
+        );
+        assert!(matches!(d.outcome, Outcome::Forward(_)));
+        assert_eq!(host.asked.get(), 0);
+        let required = config(lists(json!({"require_status": true})));
+        let d = decide_with(
+            &required,
+            &host,
+            &mut Caches::for_config(&required),
+            &plain,
+            false,
+        );
+        assert_eq!(refusal(&d), Some(Refusal::Authn(AuthnError::StatusMissing)));
+    }
+
+    #[test]
+    fn a_list_on_another_origin_is_refused_without_asking_the_host() {
+        let config = config(lists(json!({})));
+        let host = FakeHost::default();
+        let mut claims = good_claims();
+        claims["status"] = json!({"status_list": {"idx": 0, "uri": "https://evil.test/list"}});
+        let d = decide_with(
+            &config,
+            &host,
+            &mut Caches::for_config(&config),
+            &token("es256", &claims),
+            false,
+        );
+        assert_eq!(
+            refusal(&d),
+            Some(Refusal::Authn(AuthnError::StatusUriNotAllowed))
+        );
+        assert_eq!(host.asked.get(), 0, "no fetch for it");
+    }
+
+    #[test]
+    fn a_logged_out_subject_is_refused_cached_or_not_and_a_later_token_accepted() {
+        let config =
+            config(json!({"backchannel_logout": {"path": "/bcl", "client_id": "gateway"}}));
+        let host = FakeHost::default();
+        let mut caches = Caches::for_config(&config);
+        let mut claims = good_claims();
+        claims["iat"] = json!(NOW - 100);
+        let before = token("es256", &claims);
+        assert!(matches!(
+            decide_with(&config, &host, &mut caches, &before, false).outcome,
+            Outcome::Forward(_)
+        ));
+        let mut denylist = Denylist::default();
+        let logout = Logout {
+            sub: Some("alice".into()),
+            sid: None,
+            jti: "j".into(),
+            iat: NOW - 50,
+        };
+        denylist.record(&logout, NOW - 50, 3600, 60).unwrap();
+        *host.denylist.borrow_mut() = Some(Rc::new(denylist));
+        let d = decide_with(&config, &host, &mut caches, &before, false);
+        assert!(d.counters.contains(&Counter::CacheHit));
+        assert_eq!(refusal(&d), Some(Refusal::Authn(AuthnError::Revoked)));
+        claims["iat"] = json!(NOW - 10);
+        let after = token("es256", &claims);
+        assert!(matches!(
+            decide_with(&config, &host, &mut caches, &after, false).outcome,
+            Outcome::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn the_backchannel_path_is_the_filters_own_and_reads_a_logout_token() {
+        let config =
+            config(json!({"backchannel_logout": {"path": "/bcl", "client_id": "gateway"}}));
+        let mut get = request("x");
+        get.path = "/bcl".into();
+        assert_eq!(backchannel_endpoint(&config, &get), Some(0));
+        let d = decide(
+            &config,
+            Services::local(),
+            &get,
+            NOW,
+            &mut Caches::for_config(&config),
+            false,
+        );
+        assert!(
+            matches!(d.outcome, Outcome::Reply(Reply { status: 405, .. })),
+            "{d:?}"
+        );
+        let claims = json!({"iss": ISSUER, "aud": "gateway", "iat": NOW, "jti": "j", "sub": "alice",
+                            "events": {logout::EVENT: {}}});
+        let body = format!("logout_token={}", token("es256", &claims));
+        let logout = backchannel_logout(&config, 0, body.as_bytes(), None, NOW).unwrap();
+        assert_eq!(logout.sub.as_deref(), Some("alice"));
+        assert_eq!(
+            backchannel_logout(&config, 0, b"token=x", None, NOW),
+            Err(LogoutError::MissingToken)
+        );
+        let huge = vec![b'a'; logout::MAX_BODY_BYTES + 1];
+        assert_eq!(
+            backchannel_logout(&config, 0, &huge, None, NOW),
+            Err(LogoutError::BodyTooLarge)
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod json;
 pub mod login;
 pub mod policy;
 pub mod remote;
+pub mod revocation;
 pub mod stats;
 #[cfg(test)]
 mod testutil;

@@ -24,6 +24,43 @@ pub enum Counter {
     AuthzService(AuthzEvent),
     /// `tokengate.login.<event>`.
     Login(crate::login::LoginEvent),
+    /// `tokengate.revocation.<event>`.
+    Revocation(RevocationEvent),
+}
+
+/// What happened about a token's revocation (status lists, back-channel logout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationEvent {
+    /// A status list was fetched and verified.
+    ListFetchSuccess,
+    /// A status list fetch failed (transport, status, size, signature, claims, bomb).
+    ListFetchFailure,
+    /// A token's status list entry is INVALID.
+    ListRevoked,
+    /// A token's status list entry is SUSPENDED.
+    ListSuspended,
+    /// A token's list was unavailable and `on_unavailable: allow` let it through.
+    ListUnavailableAllowed,
+    /// A back-channel logout token was verified and recorded.
+    BackchannelAccepted,
+    /// A back-channel logout request was refused (400/413).
+    BackchannelRejected,
+}
+
+impl RevocationEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            RevocationEvent::ListFetchSuccess => "tokengate.revocation.status_list.fetch_success",
+            RevocationEvent::ListFetchFailure => "tokengate.revocation.status_list.fetch_failure",
+            RevocationEvent::ListRevoked => "tokengate.revocation.status_list.revoked",
+            RevocationEvent::ListSuspended => "tokengate.revocation.status_list.suspended",
+            RevocationEvent::ListUnavailableAllowed => {
+                "tokengate.revocation.status_list.unavailable_allowed"
+            }
+            RevocationEvent::BackchannelAccepted => "tokengate.revocation.backchannel.accepted",
+            RevocationEvent::BackchannelRejected => "tokengate.revocation.backchannel.rejected",
+        }
+    }
 }
 
 /// What a rule decided.
@@ -129,6 +166,7 @@ impl Counter {
                 format!("tokengate.authz_service.{event}")
             }
             Counter::Login(event) => format!("tokengate.login.{}", event.name()),
+            Counter::Revocation(event) => event.name().to_owned(),
         }
     }
 }
@@ -184,6 +222,14 @@ mod tests {
         assert_eq!(
             Counter::AuthzService(AuthzEvent::CacheHit).name(&names),
             "tokengate.authz_service.cache_hit"
+        );
+        assert_eq!(
+            Counter::Revocation(RevocationEvent::ListUnavailableAllowed).name(&names),
+            "tokengate.revocation.status_list.unavailable_allowed"
+        );
+        assert_eq!(
+            Counter::Revocation(RevocationEvent::BackchannelRejected).name(&names),
+            "tokengate.revocation.backchannel.rejected"
         );
     }
 }

@@ -67,6 +67,21 @@ drives). Clients and their redirect URIs come from --client and --redirect-uri:
                            client_id. Forgets the user's refresh tokens; a "signed out" page
                            with a link to post_logout_redirect_uri when it is on the origin of
                            a registered redirect URI
+Revocable JWTs (issue 14; the RevocationEndpoints section below):
+
+    POST /demo/status-tokens   form sub=, scope=, expires_in= (default 3600): a JWT with a
+                           Token Status List reference, status.status_list {idx, uri},
+                           -> {"access_token": <JWT>, "idx": N}
+    GET  /demo/statuslists/1   the Status List Token (typ statuslist+jwt, sub = its URI,
+                           iat, exp, ttl = --status-ttl, 2 bits per entry), content-type
+                           application/statuslist+jwt
+    POST /demo/statuslists/1   form idx=, status= (0 VALID, 1 INVALID = revoked (default),
+                           2 SUSPENDED): sets an entry
+    POST /demo/backchannel-logout
+                           form sub= (and/or sid=), target= (the gateway's back-channel
+                           logout URL, http://127.0.0.1 only): signs a logout token (OIDC
+                           Back-Channel Logout 1.0, aud = --logout-audience) and POSTs it
+                           there as form logout_token; answers with the gateway's status
 
 Wrong client credentials at /introspect or /token: 401 {"error": "invalid_client"}.
 The JWTs (signed introspection answers, exchanged tokens, session tokens) are RS256,
@@ -94,8 +109,11 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_plus, urlencode, urlsplit
 
 PREFIX = "/demo"
 DISCOVERY_PATH = PREFIX + "/.well-known/openid-configuration"
@@ -485,7 +503,136 @@ class BrowserLogin:
 # --- end of the browser login section --------------------------------------------------------
 
 
-class Idp(BrowserLogin, BaseHTTPRequestHandler):
+# --- Token Status List and back-channel logout (issue 14) -------------------------------
+STATUS_TOKENS_PATH = PREFIX + "/status-tokens"
+STATUS_LIST_PATH = PREFIX + "/statuslists/1"
+BACKCHANNEL_PATH = PREFIX + "/backchannel-logout"
+STATUS_BITS = 2
+MAX_STATUS_ENTRIES = 100000
+LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+class StatusList:
+    """One status list, STATUS_BITS per entry, packed least significant bits first."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.statuses = []
+
+    def allocate(self):
+        with self.lock:
+            if len(self.statuses) >= MAX_STATUS_ENTRIES:
+                return None
+            self.statuses.append(0)
+            return len(self.statuses) - 1
+
+    def set(self, idx, status):
+        with self.lock:
+            if not 0 <= idx < len(self.statuses):
+                return False
+            self.statuses[idx] = status
+            return True
+
+    def lst(self):
+        per_byte = 8 // STATUS_BITS
+        with self.lock:
+            packed = bytearray((len(self.statuses) + per_byte - 1) // per_byte or 1)
+            for i, status in enumerate(self.statuses):
+                packed[i // per_byte] |= status << ((i % per_byte) * STATUS_BITS)
+        return b64url(zlib.compress(bytes(packed), 9))
+
+
+class RevocationEndpoints:
+    """The IdP's side of revocable JWTs: status-list tokens, the list, back-channel logout."""
+
+    status_list = StatusList()
+    status_ttl = 5
+    logout_audience = "gateway"
+
+    def revocation_get(self, path):
+        if path != STATUS_LIST_PATH:
+            return False
+        now = int(time.time())
+        claims = {
+            "iss": self.base_url,
+            "sub": self.base_url + STATUS_LIST_PATH[len(PREFIX):],
+            "iat": now,
+            "exp": now + 3600,
+            "ttl": self.status_ttl,
+            "status_list": {"bits": STATUS_BITS, "lst": self.status_list.lst()},
+        }
+        body = self.signing_key.jwt(claims, typ="statuslist+jwt").encode()
+        self.send_body(200, body, "application/statuslist+jwt",
+                       [("cache-control", f"max-age={self.status_ttl}")])
+        return True
+
+    def revocation_post(self, path, form):
+        if path == STATUS_TOKENS_PATH:
+            self.issue_status_token(form)
+        elif path == STATUS_LIST_PATH:
+            try:
+                idx, status = int(form.get("idx", "")), int(form.get("status") or 1)
+            except ValueError:
+                idx, status = -1, -1
+            if status not in (0, 1, 2) or not self.status_list.set(idx, status):
+                self.send_error_json(400, "invalid_request", "idx: an issued index; status: 0, 1 or 2")
+            else:
+                self.send_json(200, {"idx": idx, "status": status}, [("cache-control", "no-store")])
+        elif path == BACKCHANNEL_PATH:
+            self.send_backchannel_logout(form)
+        else:
+            return False
+        return True
+
+    def issue_status_token(self, form):
+        try:
+            expires_in = int(form.get("expires_in") or 3600)
+        except ValueError:
+            expires_in = 0
+        idx = self.status_list.allocate() if 0 < expires_in <= 86400 else None
+        if idx is None:
+            self.send_error_json(400, "invalid_request", "expires_in: 1 to 86400 seconds")
+            return
+        now = int(time.time())
+        sub = form.get("sub") or "demo-user"
+        claims = {
+            "iss": self.base_url, "sub": sub, "aud": self.audience,
+            "scope": form.get("scope") or "read", "iat": now, "exp": now + expires_in,
+            "sid": "sid-" + secrets.token_urlsafe(8), "jti": secrets.token_urlsafe(12),
+            "status": {"status_list": {"idx": idx,
+                                       "uri": self.base_url + STATUS_LIST_PATH[len(PREFIX):]}},
+        }
+        self.send_json(200, {"access_token": self.signing_key.jwt(claims), "idx": idx},
+                       [("cache-control", "no-store")])
+
+    def send_backchannel_logout(self, form):
+        target = form.get("target", "")
+        if not target.startswith("http://127.0.0.1:") or not (form.get("sub") or form.get("sid")):
+            self.send_error_json(400, "invalid_request", "sub or sid, and an http://127.0.0.1 target")
+            return
+        claims = {"iss": self.base_url, "aud": self.logout_audience, "iat": int(time.time()),
+                  "jti": secrets.token_urlsafe(12), "events": {LOGOUT_EVENT: {}}}
+        for name in ("sub", "sid"):
+            if form.get(name):
+                claims[name] = form[name]
+        token = self.signing_key.jwt(claims, typ="logout+jwt")
+        request = urllib.request.Request(
+            target, data=urlencode({"logout_token": token}).encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                status, body = answer.status, answer.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        except (OSError, ValueError) as e:
+            self.send_error_json(502, "bad_gateway", f"POST {target}: {e}")
+            return
+        self.send_json(200, {"gateway_status": status, "gateway_body": body.decode(errors="replace")},
+                       [("cache-control", "no-store")])
+
+
+# --- the IdP -----------------------------------------------------------------------------
+class Idp(BrowserLogin, RevocationEndpoints, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive with Envoy; every answer has Content-Length
     server_version = "tokengate-demo-idp"
     sys_version = ""
@@ -541,6 +688,8 @@ class Idp(BrowserLogin, BaseHTTPRequestHandler):
         elif path != STATS_PATH:
             self.count(path)
 
+        if self.revocation_get(path):
+            return
         if path == DISCOVERY_PATH:
             self.send_json(
                 200,
@@ -600,6 +749,8 @@ class Idp(BrowserLogin, BaseHTTPRequestHandler):
         self.count("POST " + path)
         form = self.read_form()
         if form is None:
+            return
+        if self.revocation_post(path, form):
             return
         if path == OPAQUE_PATH:
             self.issue("access_token", form)
@@ -789,7 +940,13 @@ def main():
                         help="a client allowed at /introspect and /token (repeatable)")
     parser.add_argument("--redirect-uri", action="append", default=[], metavar="URI",
                         help="a redirect URI the browser login may send codes to (repeatable)")
+    parser.add_argument("--status-ttl", type=int, default=5,
+                        help="ttl of the status list token, in seconds (default 5)")
+    parser.add_argument("--logout-audience", default="gateway",
+                        help="aud of back-channel logout tokens (default gateway)")
     args = parser.parse_args()
+    Idp.status_ttl = args.status_ttl
+    Idp.logout_audience = args.logout_audience
 
     Idp.base_url = f"http://{args.host}:{args.port}{PREFIX}"
     Idp.jwks_file = args.jwks

@@ -278,6 +278,18 @@ config = {
         "include_headers": ["x-tenant"],
     },
 }
+# --- Revocable JWTs (issue 14) ------------------------------------------------------------
+# Token Status List: tokens the IdP issues at /status-tokens name its list
+# (/demo/statuslists/1, fetched through the demo_idp cluster, used at most 5 s);
+# back-channel logout: the IdP POSTs logout tokens (aud gateway) to the filter.
+idp_origin = issuer[: -len("/demo")] if issuer.endswith("/demo") else issuer
+config["providers"]["demo"]["revocation"] = {
+    "status_list": {"origins": {idp_origin: "demo_idp"}, "max_ttl_secs": 5,
+                    "timeout_ms": 1000, "on_unavailable": "deny"},
+    "backchannel_logout": {"path": "/oauth2/backchannel-logout", "client_id": client_id,
+                           "max_token_lifetime_secs": 3600},
+}
+# --- end of revocable JWTs ----------------------------------------------------------------
 # It holds the gateway's private minting key and client secret: readable by its owner only.
 with open(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     os.fchmod(f.fileno(), 0o600)

@@ -188,7 +188,7 @@ ECHO_PID=$LAST_PID
 # name of the loopback host.
 start_bg "$RUN_DIR/idp.log" python3 "$DEMO_DIR/idp.py" --port "$IDP_PORT" \
     --signing-key "$RUN_DIR/demo-rs256.jwk" --audience "$DEMO_AUDIENCE" \
-    --client "$DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET" \
+    --client "$DEMO_CLIENT_ID:$DEMO_CLIENT_SECRET" --logout-audience "$DEMO_CLIENT_ID" \
     --client "$DEMO_LOGIN_CLIENT_ID:$DEMO_LOGIN_CLIENT_SECRET" \
     --redirect-uri "http://localhost:$LISTEN_PORT$DEMO_LOGIN_REDIRECT_PATH" \
     --redirect-uri "http://127.0.0.1:$LISTEN_PORT$DEMO_LOGIN_REDIRECT_PATH" \
@@ -266,6 +266,17 @@ SESSION="$(idp_issue /sessions session -d sub=demo-session-user -d scope=read)" 
     printf 'VALID=%s\nEXPIRED=%s\nEDDSA=%s\nADMIN_TOKEN=%s\nFORGED=%s\nOPAQUE=%s\nSESSION=%s\n' \
         "$VALID" "$EXPIRED" "$EDDSA" "$ADMIN_TOKEN" "$FORGED" "$OPAQUE" "$SESSION" >"$RUN_DIR/tokens.env"
 )
+# --- revocable JWTs (issue 14) ----------------------------------------------------------
+# A JWT naming its entry in the IdP's status list, and a JWT of a user the IdP will log
+# out by back-channel.
+STATUS_JSON="$(curl -sS --fail --max-time 5 -d sub=demo-status-user -d scope=read "$IDP/status-tokens")" \
+    || { show_logs; die "the demo IdP did not issue a JWT with a status"; }
+STATUS_TOKEN="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["access_token"])' "$STATUS_JSON")"
+STATUS_IDX="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["idx"])' "$STATUS_JSON")"
+LOGOUT_USER_TOKEN="$(mint --key "$RUN_DIR/demo-rs256.jwk" --sub demo-logout-user --exp-in 1h --claim 'scope=read')"
+printf 'STATUS_TOKEN=%s\nSTATUS_IDX=%s\nLOGOUT_USER_TOKEN=%s\n' \
+    "$STATUS_TOKEN" "$STATUS_IDX" "$LOGOUT_USER_TOKEN" >>"$RUN_DIR/tokens.env"
+# --- end of revocable JWTs ----------------------------------------------------------------
 
 # --- example requests (printed for the user; run as checks with DEMO_SMOKE=1) ----------
 # Each: description | expected status | curl arguments (shell words; $VALID etc. are the
@@ -416,6 +427,29 @@ example "browser login: a browser without a session on $DEMO_WEB_PATH is sent to
 example "browser login: the same page asked for by curl (no Accept: text/html): 401, no redirect" 401 \
     "$BASE$DEMO_WEB_PATH" \
     "'location' not in headers"
+# --- revocable JWTs (issue 14) ----------------------------------------------------------
+# A JWT stays a JWT (verified locally, cached), yet it can be revoked: its status list
+# entry at the IdP (used for the list's ttl, 5 s here), or a back-channel logout.
+example "a JWT with a status list entry (status.status_list in its claims): 200" 200 \
+    "-H \"Authorization: Bearer \$STATUS_TOKEN\" $BASE/api/orders" \
+    "body['identity']['x-user-id'] == 'demo-status-user'"
+example "revoke it at the IdP: its entry in the status list becomes INVALID" 200 \
+    "-d idx=\$STATUS_IDX -d status=1 $IDP/statuslists/1"
+pause 6 "the filter uses a status list for its ttl (5 s), then fetches it again"
+example "the revoked JWT: 401 invalid_token (token revoked)" 401 \
+    "-H \"Authorization: Bearer \$STATUS_TOKEN\" $BASE/api/orders" \
+    "body['error_description'] == 'token revoked'"
+example "a JWT of demo-logout-user: 200" 200 \
+    "-H \"Authorization: Bearer \$LOGOUT_USER_TOKEN\" $BASE/api/orders" \
+    "body['identity']['x-user-id'] == 'demo-logout-user'"
+example "the IdP logs demo-logout-user out: a back-channel logout POST to the filter" 200 \
+    "-d sub=demo-logout-user -d target=$BASE/oauth2/backchannel-logout $IDP/backchannel-logout" \
+    "body['gateway_status'] == 200"
+pause 2 "every Envoy worker adopts the logout at its next tick (1 s)"
+example "the logged-out user's JWT: 401 invalid_token (token revoked)" 401 \
+    "-H \"Authorization: Bearer \$LOGOUT_USER_TOKEN\" $BASE/api/orders" \
+    "body['error_description'] == 'token revoked'"
+# --- end of revocable JWTs ----------------------------------------------------------------
 
 # shown — a path relative to the repository root when it is inside it.
 shown() { [[ $1 == "$ROOT"/* ]] && echo "${1#"$ROOT"/}" || echo "$1"; }
@@ -461,6 +495,9 @@ ADMIN_TOKEN='$ADMIN_TOKEN'
 FORGED='$FORGED'
 OPAQUE='$OPAQUE'
 SESSION='$SESSION'
+STATUS_TOKEN='$STATUS_TOKEN'
+STATUS_IDX=$STATUS_IDX
+LOGOUT_USER_TOKEN='$LOGOUT_USER_TOKEN'
 
 Then try:
 EOF

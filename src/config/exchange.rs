@@ -232,7 +232,7 @@ impl Reader {
     }
 }
 
-fn bounded(
+pub(super) fn bounded(
     at: String,
     value: Option<u64>,
     default: u64,

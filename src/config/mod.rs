@@ -22,10 +22,12 @@ use std::rc::Rc;
 mod exchange;
 mod login;
 mod policy;
+mod revocation;
 #[cfg(feature = "cli")]
 pub mod schema;
 use exchange::{compile_exchange, RawExchange};
 use policy::{compile_authz_service, compile_condition, RawCondition};
+use revocation::{compile_revocation, RawRevocation};
 
 /// A configuration error: the field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,7 @@ pub struct RawProvider {
     pub max_token_bytes: Option<usize>,
     pub forward: RawForward,
     pub login: Option<login::RawLogin>,
+    pub revocation: Option<RawRevocation>,
 }
 
 #[derive(Debug)]
@@ -163,6 +166,8 @@ pub struct Provider {
     pub forward: Forward,
     /// Browser sign-in; its session cookie is the last of `sources`.
     pub login: Option<Rc<Login>>,
+    /// Status lists and back-channel logout, when configured.
+    pub revocation: Option<crate::revocation::Revocation>,
 }
 
 /// The validated configuration the filter runs on.
@@ -185,6 +190,8 @@ pub struct Config {
     pub allow_encoded_slashes: bool,
     /// Query parameters that are token sources: never shown to the central policy.
     pub query_sources: Vec<String>,
+    /// (path, provider) of every `revocation.backchannel_logout.path`.
+    pub backchannel_paths: Vec<(String, usize)>,
 }
 
 pub const DEFAULT_REALM: &str = "tokengate";
@@ -449,6 +456,12 @@ const PROVIDER_FIELDS: &[Field] = &[
         "Browser sign-in (OIDC authorization code flow with PKCE): a browser GET without a valid session is sent to the identity provider; the session cookie is then one of this provider's sources.",
     )
     .nested(Shape::Object(login::LOGIN_FIELDS)),
+    optional(
+        "revocation",
+        Kind::Object,
+        "Revocable JWTs: Token Status List lookups and OpenID Connect back-channel logout, checked on every request of this provider (cached tokens included).",
+    )
+    .nested(Shape::Object(revocation::REVOCATION_FIELDS)),
 ];
 const JWKS_FIELDS: &[Field] = &[
     optional(
@@ -758,6 +771,10 @@ impl Reader {
             .value("login")
             .map(|value| self.login(value, &field_path(at, "login")))
             .transpose()?;
+        let revocation = fields
+            .value("revocation")
+            .map(|value| self.revocation(value, &field_path(at, "revocation")))
+            .transpose()?;
         Ok(RawProvider {
             issuer: fields.string("issuer").unwrap_or_default(),
             audiences: fields.strings("audiences"),
@@ -773,6 +790,7 @@ impl Reader {
                 .and_then(|n| usize::try_from(n).ok()),
             forward,
             login,
+            revocation,
         })
     }
 
@@ -1283,7 +1301,31 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .filter_map(|e| e.mint.as_ref())
         .filter_map(|m| Some((m.jwks_path.clone()?, m.public_jwks.clone())))
         .collect();
-    if !jwks_paths.is_empty() {
+    let mut backchannel_paths: Vec<(String, usize)> = Vec::new();
+    for (index, provider) in providers.iter().enumerate() {
+        let Some(backchannel) = provider
+            .revocation
+            .as_ref()
+            .and_then(|r| r.backchannel.as_ref())
+        else {
+            continue;
+        };
+        let taken = backchannel_paths
+            .iter()
+            .any(|(p, _)| *p == backchannel.path)
+            || jwks_paths.iter().any(|(p, _)| *p == backchannel.path);
+        if taken {
+            return Err(ConfigError::new(
+                format!(
+                    "providers.{}.revocation.backchannel_logout.path",
+                    provider.name
+                ),
+                "another endpoint of the filter has this path",
+            ));
+        }
+        backchannel_paths.push((backchannel.path.clone(), index));
+    }
+    if !jwks_paths.is_empty() || !backchannel_paths.is_empty() {
         reads.path = true;
         reads.method = true;
     }
@@ -1298,6 +1340,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         authz_service,
         allow_encoded_slashes: raw.allow_encoded_slashes,
         query_sources,
+        backchannel_paths,
     })
 }
 
@@ -1387,6 +1430,10 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         // The session cookie is a source like any other, tried last.
         sources.push(Source::SessionCookie(login.cookie_name.clone()));
     }
+    let revocation = raw
+        .revocation
+        .map(|r| compile_revocation(&at("revocation"), r))
+        .transpose()?;
 
     Ok(Provider {
         name: name.to_owned(),
@@ -1403,6 +1450,7 @@ fn compile_provider(name: &str, raw: RawProvider) -> Result<Provider, ConfigErro
         sources,
         forward,
         login: login.map(Rc::new),
+        revocation,
     })
 }
 

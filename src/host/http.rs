@@ -5,20 +5,29 @@ use super::central::{self, HostPolicy};
 use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
 use super::login::{self, HostLogin};
+use super::revocation::{provider_keys, HostRevocations, RevocationStore};
 use super::root::{now_ms, VmState, BUSY_TICK_MS};
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::exchange::TokenKey;
-use crate::flow::{decide, Decision, LoginFinish, Outcome, Reply, Services, Waits};
+use crate::flow::{
+    backchannel_endpoint, backchannel_logout, decide, Decision, LoginFinish, Outcome, Reply,
+    Services, Waits,
+};
+use crate::revocation::logout::{LogoutError, MAX_BODY_BYTES};
+use crate::stats::{Counter, RevocationEvent};
 use crate::token::extract::{HeaderEdit, Reads, Request};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub struct Http {
     state: Rc<VmState>,
     context_id: u32,
+    /// A back-channel logout POST for this provider: decided on its body.
+    logout: Option<usize>,
 }
 
 /// A request paused until its providers' keys move, an exchange answer for its token
@@ -34,6 +43,8 @@ pub struct Waiter {
     central: Option<[u8; 32]>,
     /// The providers whose login endpoints it waits for.
     logins: Vec<usize>,
+    /// (provider, list URI, generation seen, attempts seen) of the lists it waits for.
+    lists: Vec<(usize, Rc<str>, u64, u64)>,
     pub deadline_ms: u64,
 }
 
@@ -45,9 +56,20 @@ impl Waiter {
         })
     }
 
+    fn lists_moved(&self, store: &RevocationStore) -> bool {
+        self.lists
+            .iter()
+            .any(|(provider, uri, generation, attempts)| {
+                store
+                    .progress(*provider, uri)
+                    .is_none_or(|seen| seen != (*generation, *attempts))
+            })
+    }
+
     fn ready(&self, state: &VmState, keys: &KeyStore, now_ms: u64) -> bool {
         self.deadline_ms <= now_ms
             || self.keys_moved(keys)
+            || self.lists_moved(&state.revocation.borrow())
             || self
                 .exchanges
                 .iter()
@@ -83,7 +105,35 @@ pub fn wake(state: &VmState) {
 
 impl Http {
     pub fn new(state: Rc<VmState>, context_id: u32) -> Http {
-        Http { state, context_id }
+        Http {
+            state,
+            context_id,
+            logout: None,
+        }
+    }
+
+    /// A back-channel logout POST's body: verified, recorded in the shared denylist,
+    /// answered 200 (or 400 with an OIDC error body).
+    fn answer_logout(&self, provider: usize, body: &[u8]) {
+        let state = &self.state;
+        let now_ms = now_ms();
+        let keys = provider_keys(&state.config, &state.keys.borrow(), provider);
+        let result = backchannel_logout(
+            &state.config,
+            provider,
+            body,
+            keys.as_deref(),
+            now_ms / 1000,
+        )
+        .and_then(|logout| {
+            state.revocation.borrow_mut().record_logout(
+                &state.config,
+                provider,
+                &logout,
+                now_ms / 1000,
+            )
+        });
+        answer_logout_result(state, result);
     }
 
     /// Reads what the configuration looks at, one host call per item: copying the whole
@@ -126,18 +176,75 @@ struct Attempt {
     resumed: bool,
     /// It may not wait (again): its deadline passed, or its keys moved.
     waited: bool,
+    /// It may (still) wait for a status list: it has not waited for one, and its
+    /// deadline has not passed. A request that waited for keys may wait for its list.
+    list_wait: bool,
 }
 
 impl Attempt {
     const FIRST: Attempt = Attempt {
         resumed: false,
         waited: false,
+        list_wait: true,
     };
 
-    fn resumed(waited: bool) -> Attempt {
-        Attempt {
-            resumed: true,
-            waited,
+    /// A decision after a login step's callout: nothing more to wait for.
+    const FINAL: Attempt = Attempt {
+        resumed: true,
+        waited: true,
+        list_wait: false,
+    };
+}
+
+/// How long a logout POST may wait for its body. Envoy without the Wasm filter's
+/// `allow_on_headers_stop_iteration: true` never gives a paused request its body; such a
+/// POST is answered 503 (and the cause logged) instead of hanging.
+const LOGOUT_BODY_WAIT_MS: u64 = 2000;
+
+/// Answers the logout POSTs whose body never came.
+pub fn expire_logouts(state: &VmState, now_ms: u64) {
+    let expired: Vec<u32> = {
+        let mut logouts = state.logouts.borrow_mut();
+        let overdue = |since: u64| now_ms.saturating_sub(since) >= LOGOUT_BODY_WAIT_MS;
+        let expired = logouts
+            .iter()
+            .filter(|(_, since)| overdue(*since))
+            .map(|(id, _)| *id)
+            .collect();
+        logouts.retain(|(_, since)| !overdue(*since));
+        expired
+    };
+    for context_id in expired {
+        if hostcalls::set_effective_context(context_id).is_err() {
+            continue;
+        }
+        log::error!(
+            "tokengate: a back-channel logout POST never got its body to the filter: set \"allow_on_headers_stop_iteration\": true in the Wasm filter's config (Envoy 1.35 or later)"
+        );
+        answer_logout_result(state, Err(LogoutError::Busy));
+    }
+}
+
+/// Sends the answer of a back-channel logout and counts it.
+fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
+    match result {
+        Ok(()) => {
+            state
+                .metrics
+                .increment(Counter::Revocation(RevocationEvent::BackchannelAccepted));
+            log::info!("tokengate: back-channel logout recorded");
+            let headers = vec![("cache-control", "no-store")];
+            let _ = hostcalls::send_http_response(200, headers, None);
+        }
+        Err(e) => {
+            state
+                .metrics
+                .increment(Counter::Revocation(RevocationEvent::BackchannelRejected));
+            log::info!(
+                "tokengate: back-channel logout refused: {}",
+                e.description()
+            );
+            send(&Deny::logout_refused(e));
         }
     }
 }
@@ -164,21 +271,35 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         resumed: attempt.resumed,
     };
     let login = HostLogin { state };
+    let asked = Cell::new(false);
+    let revocations = HostRevocations {
+        config: &state.config,
+        store: &state.revocation,
+        keys: &state.keys,
+        now_ms,
+        asked: &asked,
+        may_wait: attempt.list_wait,
+    };
     let services = Services {
         keyring: &keyring,
         exchanges: &exchanges,
         policy: &policy,
         login: &login,
+        revocations: &revocations,
     };
     let mut caches = state.caches.borrow_mut();
-    decide(
+    let decision = decide(
         &state.config,
         services,
         request,
         now_ms / 1000,
         &mut caches,
         attempt.waited,
-    )
+    );
+    if asked.get() {
+        state.set_tick(BUSY_TICK_MS); // the tick starts the list fetch
+    }
+    decision
 }
 
 /// Applies a decision to the current (effective) HTTP context. Returns whether the
@@ -296,7 +417,7 @@ pub fn apply_login_finish(
         LoginFinish::Unrefreshed(counters) => (request.clone(), counters),
     };
     tally_counters(state, &counters);
-    let decision = run(state, context_id, &request, Attempt::resumed(true));
+    let decision = run(state, context_id, &request, Attempt::FINAL);
     if apply(state, context_id, &request, decision) {
         let _ = hostcalls::resume_http_request();
     }
@@ -344,22 +465,23 @@ pub fn resume_waiter(state: &VmState, waiter: Waiter) {
     // Keys that moved get one more decision and no second wait (a refetch for an unknown
     // kid is not repeated). An exchange waiter may wait again until its deadline: when its
     // token's slot went to another token, its own callout may still have to be made.
-    let waited = waiter.deadline_ms <= now_ms() || !waiter.seen.is_empty();
-    let decision = run(
-        state,
-        waiter.context_id,
-        &waiter.request,
-        Attempt::resumed(waited),
-    );
+    let expired = waiter.deadline_ms <= now_ms();
+    let attempt = Attempt {
+        resumed: true,
+        waited: expired || !waiter.seen.is_empty(),
+        list_wait: !expired && waiter.lists.is_empty(),
+    };
+    let decision = run(state, waiter.context_id, &waiter.request, attempt);
     if let Outcome::Wait(waits) = &decision.outcome {
         tally(state, &decision);
-        let again = park(
-            state,
-            waiter.context_id,
-            waiter.request,
-            waits,
-            Some(waiter.deadline_ms),
-        );
+        // Its first wait for a status list (after keys, say) gets a whole fetch's time;
+        // any other wait again keeps the deadline it had.
+        let deadline = if waiter.lists.is_empty() && !waits.status_lists.is_empty() {
+            None
+        } else {
+            Some(waiter.deadline_ms)
+        };
+        let again = park(state, waiter.context_id, waiter.request, waits, deadline);
         state.waiters.borrow_mut().push(again);
         return;
     }
@@ -401,11 +523,29 @@ fn park(
         .map(|login| login.timeout_ms.saturating_add(BUSY_TICK_MS))
         .max()
         .unwrap_or(0);
+    let revocation = state.revocation.borrow();
+    let lists: Vec<(usize, Rc<str>, u64, u64)> = waits
+        .status_lists
+        .iter()
+        .map(|(p, uri)| {
+            let (generation, attempts) = revocation.progress(*p, uri).unwrap_or_default();
+            (*p, uri.clone(), generation, attempts)
+        })
+        .collect();
+    // A list is fetched at the next tick, then takes up to its timeout.
+    let list_ms = revocation
+        .wait_bound_ms(&state.config, &waits.status_lists)
+        .saturating_add(if lists.is_empty() {
+            0
+        } else {
+            BUSY_TICK_MS * 2
+        });
     let wait_ms = keys
         .wait_bound_ms(&waits.providers)
         .max(exchange_ms.saturating_mul(2))
         .max(central_ms)
-        .max(login_ms);
+        .max(login_ms)
+        .max(list_ms);
     Waiter {
         context_id,
         request,
@@ -413,6 +553,7 @@ fn park(
         exchanges: waits.exchanges.clone(),
         central: waits.central,
         logins: waits.logins.clone(),
+        lists,
         deadline_ms: deadline_ms.unwrap_or_else(|| now_ms() + wait_ms),
     }
 }
@@ -431,8 +572,23 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let request = Self::read_request(&self.state.config.reads);
+        if request.method == "POST" {
+            if let Some(provider) = backchannel_endpoint(&self.state.config, &request) {
+                if end_of_stream {
+                    self.answer_logout(provider, &[]);
+                } else {
+                    self.logout = Some(provider); // decided on the body
+                    self.state
+                        .logouts
+                        .borrow_mut()
+                        .push((self.context_id, now_ms()));
+                    self.state.set_tick(BUSY_TICK_MS);
+                }
+                return Action::Pause;
+            }
+        }
         let decision = run(&self.state, self.context_id, &request, Attempt::FIRST);
         if let Outcome::Wait(waits) = &decision.outcome {
             tally(&self.state, &decision);
@@ -446,6 +602,45 @@ impl HttpContext for Http {
         } else {
             Action::Pause
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(provider) = self.logout else {
+            // With `allow_on_headers_stop_iteration`, a request paused in its headers
+            // (waiting for keys, a list, an answer) gets its body here: continuing would
+            // send it upstream undecided. It is buffered until the decision resumes it.
+            let parked = self
+                .state
+                .waiters
+                .borrow()
+                .iter()
+                .any(|w| w.context_id == self.context_id);
+            return if parked {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        };
+        let context_id = self.context_id;
+        self.state
+            .logouts
+            .borrow_mut()
+            .retain(|(id, _)| *id != context_id);
+        if body_size > MAX_BODY_BYTES {
+            self.logout = None;
+            answer_logout_result(&self.state, Err(LogoutError::BodyTooLarge));
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffered until the whole body is there
+        }
+        self.logout = None;
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.answer_logout(provider, &body);
+        Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
@@ -473,6 +668,10 @@ impl HttpContext for Http {
         exchanges::forget_context(&self.state, self.context_id);
         central::forget_context(&self.state, self.context_id);
         self.state.logins.forget_context(self.context_id);
+        self.state
+            .logouts
+            .borrow_mut()
+            .retain(|(id, _)| *id != self.context_id);
         self.state
             .response_headers
             .borrow_mut()

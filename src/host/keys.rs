@@ -90,6 +90,11 @@ impl KeyStore {
         }
     }
 
+    /// The provider's current keys on this VM, if any.
+    pub fn current(&self, provider: usize) -> Option<Rc<KeySet>> {
+        self.remote(provider)?.keys.clone()
+    }
+
     pub fn remote(&self, provider: usize) -> Option<&Remote> {
         self.remotes.iter().find(|r| r.provider == provider)
     }
@@ -344,41 +349,13 @@ impl Remote {
                 false
             }
         };
-        // Release the lease (compare-and-swap; retried if a claim raced with us).
-        for _ in 0..3 {
-            let Some((lease, cas)) = read_lease(&self.spec) else {
-                return;
-            };
-            if lease.holder != nonce {
-                return;
-            }
-            let failures = if success {
-                0
-            } else {
-                lease.failures.saturating_add(1)
-            };
-            let retry_at_ms = if success {
-                0
-            } else {
-                now_ms + backoff_ms(failures, self.keys.is_some(), jitter(nonce, now_ms))
-            };
-            let released = Lease {
-                holder: 0,
-                until_ms: 0,
-                failures,
-                retry_at_ms,
-                ..lease
-            };
-            if hostcalls::set_shared_data(
-                &lease_key(&self.spec),
-                Some(&released.encode()),
-                Some(cas),
-            )
-            .is_ok()
-            {
-                return;
-            }
-        }
+        release_lease(
+            &lease_key(&self.spec),
+            nonce,
+            success,
+            self.keys.is_some(),
+            now_ms,
+        );
     }
 
     /// Parses and installs a shared key set. False if it doesn't parse (then the
@@ -482,19 +459,58 @@ fn read_shared_keys(spec: &RemoteSpec) -> Option<SharedKeys> {
 /// Reads the lease and its CAS, creating a free lease the first time (normally at
 /// configuration, see `KeyStore::new`).
 fn read_lease(spec: &RemoteSpec) -> Option<(Lease, u32)> {
-    let key = lease_key(spec);
+    read_lease_at(&lease_key(spec))
+}
+
+/// Reads the fetch lease stored under `key` and its CAS, creating a free one the first
+/// time (proxy-wasm has no create-if-absent: create leases before any VM fetches).
+pub(super) fn read_lease_at(key: &str) -> Option<(Lease, u32)> {
     for _ in 0..2 {
-        match hostcalls::get_shared_data(&key).ok()? {
+        match hostcalls::get_shared_data(key).ok()? {
             (Some(bytes), Some(cas)) => {
                 return Some((Lease::decode(&bytes).unwrap_or_default(), cas))
             }
             _ => {
                 // Every worker that gets here writes the same free lease; harmless.
-                hostcalls::set_shared_data(&key, Some(&Lease::default().encode()), None).ok()?;
+                hostcalls::set_shared_data(key, Some(&Lease::default().encode()), None).ok()?;
             }
         }
     }
     None
+}
+
+/// Releases the lease under `key` after a fetch this VM (`nonce`) made: failures and
+/// the backoff recorded, or cleared on success. Compare-and-swap, retried if a claim
+/// raced with us; a lease someone else holds now is left alone.
+pub(super) fn release_lease(key: &str, nonce: u64, success: bool, have_data: bool, now_ms: u64) {
+    for _ in 0..3 {
+        let Some((lease, cas)) = read_lease_at(key) else {
+            return;
+        };
+        if lease.holder != nonce {
+            return;
+        }
+        let failures = if success {
+            0
+        } else {
+            lease.failures.saturating_add(1)
+        };
+        let retry_at_ms = if success {
+            0
+        } else {
+            now_ms + backoff_ms(failures, have_data, jitter(nonce, now_ms))
+        };
+        let released = Lease {
+            holder: 0,
+            until_ms: 0,
+            failures,
+            retry_at_ms,
+            ..lease
+        };
+        if hostcalls::set_shared_data(key, Some(&released.encode()), Some(cas)).is_ok() {
+            return;
+        }
+    }
 }
 
 /// A number in [0, 1) that differs between workers and over time, for backoff jitter.

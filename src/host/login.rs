@@ -245,6 +245,7 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
             exchanges: &crate::flow::NoExchanges,
             policy: &crate::flow::NoPolicy,
             login: &login_service,
+            revocations: &crate::flow::NoRevocations,
         };
         flow::finish_login(
             &state.config,

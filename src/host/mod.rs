@@ -8,6 +8,7 @@ mod http;
 mod keys;
 mod login;
 mod metrics;
+mod revocation;
 mod root;
 
 pub use root::register;

@@ -7,6 +7,7 @@ use super::http::{wake, Http, Waiter};
 use super::keys::KeyStore;
 use super::login::Logins;
 use super::metrics::Metrics;
+use super::revocation::RevocationStore;
 use crate::config::Config;
 use crate::flow::Caches;
 use crate::policy::central::{DecisionCache, DEFAULT_MAX_DECISIONS};
@@ -51,7 +52,11 @@ pub struct VmState {
     pub keys: RefCell<KeyStore>,
     /// Login endpoints (discovery) and token endpoint callouts.
     pub logins: Logins,
+    /// Status lists and back-channel logout denylists.
+    pub revocation: RefCell<RevocationStore>,
     pub waiters: RefCell<Vec<Waiter>>,
+    /// (context, paused at ms): back-channel logout POSTs waiting for their body.
+    pub logouts: RefCell<Vec<(u32, u64)>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
 }
@@ -92,10 +97,19 @@ impl Root {
         };
         state.logins.start_due_fetches(state, now);
         self.keys_changed(state, &changed);
+        {
+            let mut revocation = state.revocation.borrow_mut();
+            revocation.sync_from_shared(&state.config, &state.keys.borrow(), now);
+            revocation.expire_stuck(&state.metrics, now);
+            revocation.start_due_fetches(&state.metrics, now);
+        }
         wake(state);
+        super::http::expire_logouts(state, now);
         state.metrics.flush(now);
         let busy = state.keys.borrow().busy()
             || state.logins.busy()
+            || !state.logouts.borrow().is_empty()
+            || state.revocation.borrow().busy()
             || !state.waiters.borrow().is_empty()
             || !state.flights.is_empty()
             || !state.policy.is_empty();
@@ -127,9 +141,22 @@ impl Context for Root {
         if super::login::on_response(&state, token_id, body_size) {
             return;
         }
+        let now = now_ms();
+        let list_answered = state.revocation.borrow_mut().on_response(
+            &state.config,
+            &state.keys.borrow(),
+            token_id,
+            body_size,
+            &state.metrics,
+            now,
+        );
+        if list_answered {
+            wake(&state);
+            return;
+        }
         let finished = {
             let mut keys = state.keys.borrow_mut();
-            keys.now_ms.set(now_ms());
+            keys.now_ms.set(now);
             keys.on_response(token_id, body_size, &state.metrics)
         };
         if let Some(provider) = finished {
@@ -159,7 +186,10 @@ impl RootContext for Root {
                 let nonce = vm_nonce();
                 let keys = KeyStore::new(&config, nonce);
                 let logins = Logins::new(&config);
-                let remote = !keys.remotes.is_empty() || logins.needs_discovery();
+                let revocation = RevocationStore::new(&config, nonce);
+                let remote = !keys.remotes.is_empty()
+                    || logins.needs_discovery()
+                    || config.providers.iter().any(|p| p.revocation.is_some());
                 log::info!(
                     "tokengate: configured {} provider(s), {} exchange(s), {} rule(s)",
                     config.providers.len(),
@@ -181,7 +211,9 @@ impl RootContext for Root {
                     response_headers: RefCell::new(Vec::new()),
                     keys: RefCell::new(keys),
                     logins,
+                    revocation: RefCell::new(revocation),
                     waiters: RefCell::new(Vec::new()),
+                    logouts: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
                 });
                 if remote {

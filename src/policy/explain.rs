@@ -202,6 +202,7 @@ pub fn explain(
         exchanges: &NoExchanges,
         policy: &recorder,
         login: &crate::flow::NoLoginService,
+        revocations: &crate::flow::NoRevocations,
     };
     let mut caches = Caches::for_config(config);
     let mut decision = flow::decide(config, services, &request, now, &mut caches, false);

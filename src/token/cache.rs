@@ -3,6 +3,7 @@
 //! hit by the caller; only successes are stored.
 
 use crate::policy::rules::Authenticator;
+use crate::revocation::Revocable;
 use crate::token::jwt::Lifetime;
 use serde_json::{Map, Value};
 use std::cell::OnceCell;
@@ -57,6 +58,9 @@ pub struct Identity {
     /// SHA-256 of the claims JSON, computed at the first central decision and kept with
     /// the cached identity: the decision cache's key holds it instead of the claims.
     pub claims_digest: OnceCell<[u8; 32]>,
+    /// What revocation checks look at (status reference, sub/sid/iat), read once at
+    /// verification for providers with `revocation`: cache hits check it without parsing.
+    pub revocable: Option<Revocable>,
 }
 
 impl Identity {
@@ -70,6 +74,7 @@ impl Identity {
             headers,
             claims,
             claims_digest: OnceCell::new(),
+            revocable: None,
         }
     }
 

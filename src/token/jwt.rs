@@ -72,14 +72,25 @@ pub fn normalize_token_type(typ: &str) -> String {
     }
 }
 
-/// Verifies `token` against `policy` and `keys` at time `now` (seconds since the epoch).
-pub fn verify(
-    token: &str,
-    policy: &Policy,
-    keys: &KeySet,
-    now: u64,
-) -> Result<Verified, AuthnError> {
-    if token.len() > policy.max_token_bytes {
+/// A compact JWS split and decoded, nothing checked but its shape.
+struct Parts<'t> {
+    header: Header,
+    header_json: Vec<u8>,
+    payload_b64: &'t str,
+    payload_json: Vec<u8>,
+    claims: Map<String, Value>,
+    signature: Vec<u8>,
+    signing_input: &'t [u8],
+    alg: Alg,
+}
+
+/// Size cap, strict parse, allowed algorithm, no `crit`.
+fn parse<'t>(
+    token: &'t str,
+    algorithms: &[Alg],
+    max_bytes: usize,
+) -> Result<Parts<'t>, AuthnError> {
+    if token.len() > max_bytes {
         return Err(AuthnError::TooLong);
     }
     let mut parts = token.split('.');
@@ -91,23 +102,101 @@ pub fn verify(
     let header_json = b64::decode(header_b64.as_bytes()).ok_or(AuthnError::Malformed)?;
     let header: Header = serde_json::from_slice(&header_json).map_err(|_| AuthnError::Malformed)?;
     let alg = Alg::from_name(&header.alg).ok_or(AuthnError::AlgNotAllowed)?;
-    if !policy.algorithms.contains(&alg) {
+    if !algorithms.contains(&alg) {
         return Err(AuthnError::AlgNotAllowed);
     }
     if header.crit {
         return Err(AuthnError::CritUnsupported);
     }
-    if let Some(allowed) = &policy.token_types {
-        let typ = header.typ.as_deref().map(normalize_token_type);
-        if !typ.is_some_and(|typ| allowed.contains(&typ)) {
-            return Err(AuthnError::TokenTypeNotAllowed);
-        }
-    }
     let payload_json = b64::decode(payload_b64.as_bytes()).ok_or(AuthnError::Malformed)?;
     let claims: Map<String, Value> =
         serde_json::from_slice(&payload_json).map_err(|_| AuthnError::Malformed)?;
     let signature = b64::decode(signature_b64.as_bytes()).ok_or(AuthnError::Malformed)?;
+    let signing_input_len = header_b64.len() + 1 + payload_b64.len();
+    let signing_input = token
+        .as_bytes()
+        .get(..signing_input_len)
+        .ok_or(AuthnError::Malformed)?;
+    Ok(Parts {
+        header,
+        header_json,
+        payload_b64,
+        payload_json,
+        claims,
+        signature,
+        signing_input,
+        alg,
+    })
+}
 
+/// The key and signature checks, then one reading of the signed documents.
+fn check_signature(parts: &Parts<'_>, keys: &KeySet) -> Result<(), AuthnError> {
+    let alg = parts.alg;
+    let mut candidates = keys
+        .with_kid(parts.header.kid.as_deref(), alg)
+        .take(MAX_KEYLESS_CANDIDATES)
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(AuthnError::UnknownKid);
+    }
+    let mut fitting = candidates.filter(|key| key.allows(alg)).peekable();
+    if fitting.peek().is_none() {
+        // The kid exists but is a different kind of key (e.g. HS256 naming an RSA key).
+        return Err(AuthnError::AlgNotAllowed);
+    }
+    if !fitting.any(|key| key.key.verify(alg, parts.signing_input, &parts.signature)) {
+        return Err(AuthnError::BadSignature);
+    }
+    // One reading of a signed document, or none: a member named twice would read one
+    // way here and maybe another upstream (x-jwt-payload). Checked once the signature
+    // holds, so unsigned junk never costs the scan.
+    if json::has_repeated_member(&parts.header_json)
+        || json::has_repeated_member(&parts.payload_json)
+    {
+        return Err(AuthnError::Malformed);
+    }
+    Ok(())
+}
+
+/// A JWS that is not an access token (a Status List Token, a logout token), signed by
+/// one of `keys` with one of `algorithms`: its normalized `typ` and its claims, for the
+/// caller's own rules. No claim is checked here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signed {
+    pub typ: Option<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// Verifies the signature of a JWS that has its own claim rules (not a provider's).
+pub fn verify_signed(
+    token: &str,
+    algorithms: &[Alg],
+    keys: &KeySet,
+    max_bytes: usize,
+) -> Result<Signed, AuthnError> {
+    let parts = parse(token, algorithms, max_bytes)?;
+    check_signature(&parts, keys)?;
+    Ok(Signed {
+        typ: parts.header.typ.as_deref().map(normalize_token_type),
+        claims: parts.claims,
+    })
+}
+
+/// Verifies `token` against `policy` and `keys` at time `now` (seconds since the epoch).
+pub fn verify(
+    token: &str,
+    policy: &Policy,
+    keys: &KeySet,
+    now: u64,
+) -> Result<Verified, AuthnError> {
+    let parts = parse(token, &policy.algorithms, policy.max_token_bytes)?;
+    if let Some(allowed) = &policy.token_types {
+        let typ = parts.header.typ.as_deref().map(normalize_token_type);
+        if !typ.is_some_and(|typ| allowed.contains(&typ)) {
+            return Err(AuthnError::TokenTypeNotAllowed);
+        }
+    }
+    let claims = &parts.claims;
     if claims.get("iss").and_then(Value::as_str) != Some(policy.issuer.as_str()) {
         return Err(AuthnError::IssuerNotAllowed);
     }
@@ -119,38 +208,12 @@ pub fn verify(
         nbf: numeric_date(claims.get("nbf"))?,
     };
     check_lifetime(lifetime, policy, now)?;
-
-    let signing_input_len = header_b64.len() + 1 + payload_b64.len();
-    let signing_input = token
-        .as_bytes()
-        .get(..signing_input_len)
-        .ok_or(AuthnError::Malformed)?;
-    let mut candidates = keys
-        .with_kid(header.kid.as_deref(), alg)
-        .take(MAX_KEYLESS_CANDIDATES)
-        .peekable();
-    if candidates.peek().is_none() {
-        return Err(AuthnError::UnknownKid);
-    }
-    let mut fitting = candidates.filter(|key| key.allows(alg)).peekable();
-    if fitting.peek().is_none() {
-        // The kid exists but is a different kind of key (e.g. HS256 naming an RSA key).
-        return Err(AuthnError::AlgNotAllowed);
-    }
-    if !fitting.any(|key| key.key.verify(alg, signing_input, &signature)) {
-        return Err(AuthnError::BadSignature);
-    }
-    // One reading of a signed document, or none: a member named twice would read one
-    // way here and maybe another upstream (x-jwt-payload). Checked once the signature
-    // holds, so unsigned junk never costs the scan.
-    if json::has_repeated_member(&header_json) || json::has_repeated_member(&payload_json) {
-        return Err(AuthnError::Malformed);
-    }
+    check_signature(&parts, keys)?;
     Ok(Verified {
-        claims,
-        payload_segment: payload_b64.to_owned(),
+        payload_segment: parts.payload_b64.to_owned(),
+        claims: parts.claims,
         lifetime,
-        alg,
+        alg: parts.alg,
     })
 }
 
@@ -183,7 +246,7 @@ pub fn audience_matches(aud: Option<&Value>, allowed: &[String]) -> bool {
 
 /// A NumericDate (RFC 7519 §2): a JSON number, possibly fractional. Anything else
 /// where a date must be is a malformed token.
-fn numeric_date(value: Option<&Value>) -> Result<Option<i64>, AuthnError> {
+pub fn numeric_date(value: Option<&Value>) -> Result<Option<i64>, AuthnError> {
     match value {
         None => Ok(None),
         Some(Value::Number(n)) => {
@@ -198,6 +261,14 @@ fn numeric_date(value: Option<&Value>) -> Result<Option<i64>, AuthnError> {
         }
         Some(_) => Err(AuthnError::Malformed),
     }
+}
+
+/// A NumericDate that must be there, as whole seconds since the epoch (negative: none).
+pub fn numeric_date_secs(value: Option<&Value>) -> Option<u64> {
+    numeric_date(value)
+        .ok()
+        .flatten()
+        .and_then(|d| u64::try_from(d).ok())
 }
 
 /// True if the string has the shape of a compact JWS (three base64url-alphabet parts).

@@ -177,6 +177,9 @@ pub fn bootstrap_with_clusters(
                                         "config": {
                                             "name": "tokengate",
                                             "root_id": "tokengate",
+                                            // A paused request's body still reaches the
+                                            // filter (the back-channel logout POST).
+                                            "allow_on_headers_stop_iteration": true,
                                             "configuration": {
                                                 "@type": "type.googleapis.com/google.protobuf.StringValue",
                                                 "value": tokengate_config

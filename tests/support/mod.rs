@@ -4,7 +4,7 @@
 //! controllable auth service for exchanges (the servers share `server`'s machinery).
 //! Everything binds to 127.0.0.1 only, every wait is bounded.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,6 +21,7 @@ pub mod keys;
 pub mod oidc;
 pub mod opa;
 pub mod server;
+pub mod status_list;
 pub mod upstream;
 
 pub use client::Response;
