@@ -459,3 +459,97 @@ fn a_forged_or_replayed_logout_token_is_400_and_records_nothing() {
         4
     );
 }
+
+/// Kills the Envoy this file starts by hand, and removes its directory.
+struct Child(std::process::Child, std::path::PathBuf);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// Removes `name` from every object in `value`.
+fn remove_member(value: &mut Value, name: &str) {
+    match value {
+        Value::Object(map) => {
+            map.remove(name);
+            map.values_mut().for_each(|v| remove_member(v, name));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| remove_member(v, name)),
+        _ => {}
+    }
+}
+
+#[test]
+fn without_allow_on_headers_stop_iteration_a_logout_post_is_503_not_a_hang() {
+    // The harness's bootstrap without the knob, started by hand (the harness always sets it).
+    let key = new_es256_key("no-knob");
+    let lists = StatusLists::start();
+    let upstream = Upstream::start();
+    let [admin_port, port] = support::free_ports::<2>();
+    let wasm = support::envoy::wasm_path().unwrap_or_else(|e| panic!("{e}"));
+    let mut bootstrap = support::envoy::bootstrap_with_clusters(
+        &config(&key, &lists, json!({})),
+        &wasm,
+        admin_port,
+        port,
+        upstream.port(),
+        &[("lists", lists.port())],
+    );
+    remove_member(&mut bootstrap, "allow_on_headers_stop_iteration");
+    let dir = std::env::temp_dir().join(format!("tokengate-e2e-no-knob-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("envoy.json");
+    std::fs::write(&config_path, bootstrap.to_string()).unwrap();
+    let (program, leading) = support::envoy::envoy_command().unwrap_or_else(|e| panic!("{e}"));
+    let base_id = (std::process::id() % 100_000) * 1000 + 7;
+    let child = std::process::Command::new(program)
+        .args(&leading)
+        .arg("-c")
+        .arg(&config_path)
+        .args([
+            "--concurrency",
+            "2",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ])
+        .args(["--file-flush-interval-msec", "100"])
+        .arg("--base-id")
+        .arg(base_id.to_string())
+        .arg("--log-path")
+        .arg(dir.join("envoy.log"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting Envoy");
+    let child = Child(child, dir.clone());
+    eventually("Envoy to be ready", Duration::from_secs(30), || {
+        let r = support::client::request(admin_port, "GET", "/ready", &[], b"")
+            .map_err(|e| e.to_string())?;
+        (r.status == 200).then_some(()).ok_or_else(|| seen(&r))
+    });
+
+    let started = Instant::now();
+    let body = format!("logout_token={}", logout_token(&key, "alice"));
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let response = support::client::request(port, "POST", LOGOUT_PATH, &form, body.as_bytes())
+        .unwrap_or_else(|e| panic!("the logout POST got no answer: {e}"));
+    assert_eq!(response.status, 503, "{}", seen(&response));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = eventually("the cause in Envoy's log", Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
+        log.contains("allow_on_headers_stop_iteration")
+            .then_some(log.clone())
+            .ok_or_else(|| "not yet".to_owned())
+    });
+    assert!(log.contains("never got its body"), "{log}");
+    drop(child);
+}
