@@ -21,6 +21,7 @@ pub mod token {
 
 pub mod candidates;
 pub mod mont_variants;
+pub mod old_montgomery;
 pub mod old_rsa_verify;
 pub mod suite;
 
