@@ -883,9 +883,17 @@ mod tests {
     fn every_key_size_uses_as_many_limbs_as_its_modulus_needs() {
         for pair in pairs() {
             let bits = pair.public.n().bits();
+            let modulus = &pair.ours.modulus;
+            let limb_bits = modulus.limb_bits() as usize;
             assert_eq!(
-                pair.ours.modulus.limbs(),
-                bits.div_ceil(32),
+                modulus.limbs(),
+                (bits + 2).div_ceil(limb_bits).next_multiple_of(2),
+                "{}",
+                pair.name
+            );
+            assert_eq!(
+                limb_bits,
+                if bits <= 3072 { 28 } else { 27 },
                 "{}",
                 pair.name
             );
@@ -920,7 +928,11 @@ mod tests {
                 let n = BigUint::from_bytes_be(&n_bytes);
                 assert_eq!(n.bits(), bits);
                 let modulus = Modulus::new(&n_bytes).unwrap();
-                assert_eq!(modulus.limbs(), bits.div_ceil(32));
+                let limb_bits = modulus.limb_bits() as usize;
+                assert_eq!(
+                    modulus.limbs(),
+                    (bits + 2).div_ceil(limb_bits).next_multiple_of(2)
+                );
                 let one = BigUint::from(1u32);
                 let mut bases = vec![
                     ("0", BigUint::from(0u32)),
