@@ -5,7 +5,7 @@ use crate::candidates;
 use crate::crypto::alg::Alg;
 use crate::crypto::montgomery;
 use crate::token::jwks::KeySet;
-use crate::{mont_variants, old_montgomery, old_rsa_verify};
+use crate::{mont_variants, old_montgomery, old_rsa_verify, simd_square};
 
 /// The filter's RSA path before src/montgomery.rs: crypto-bigint's fixed widths.
 const CRYPTO_BIGINT_OLD: &str = "crypto-bigint (old)";
@@ -243,6 +243,10 @@ pub fn run(
                 let u32_cios = old_montgomery::Modulus::new(&n).ok_or("u32 CIOS refused n")?;
                 row(U32_CIOS_OLD, "pow", true, &|| {
                     u32_cios.pow(good, e64).as_ref() == Some(&expected)
+                });
+                let square = simd_square::Modulus::new(&n).ok_or("simd_square refused n")?;
+                row("pow: SIMD, dedicated square", "pow", true, &|| {
+                    square.pow(good, e64).as_ref() == Some(&expected)
                 });
                 let params = mont_variants::Params::new(&n).ok_or("variants refused n")?;
                 for variant in mont_variants::Variant::ALL {
