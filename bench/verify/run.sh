@@ -5,7 +5,7 @@
 # verification (src/crypto/mod.rs, src/crypto/rsa_verify.rs) beside the paths it replaced.
 #
 #   bench/verify/run.sh [--starts N] [--rounds N] [--round-ms MS] [--cpubits32] [--opt3]
-#                       [--no-native] [--gen]
+#                       [--no-native] [--gen] [--vectors NAME,...]
 #
 #   --starts N     Envoy starts (default 2); each start runs the suite twice, in two fresh
 #                  VMs (Envoy configures a wasm service once to validate it, once to run it)
@@ -15,6 +15,8 @@
 #   --opt3         also measure a module built with opt-level 3 instead of the filter's "z"
 #   --no-native    skip the native runs
 #   --gen          regenerate vectors.json first (new 3072/4096-bit keys)
+#   --vectors L    only the vectors named in the comma-separated list L (e.g.
+#                  RS256-2048,PS256-2048); default: all
 #
 # Environment: ENVOY (default: .venv/bin/envoy of the repository), CARGO_TARGET_DIR
 # (default: target/bench-verify), EXTRA_MODULES="label=/path/to/module.wasm ..." (modules
@@ -26,7 +28,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 ENVOY=${ENVOY:-$root/.venv/bin/envoy}
 target=${CARGO_TARGET_DIR:-$root/target/bench-verify}
-starts=2 rounds=7 round_ms=20 cpubits32=0 opt3=0 native=1 gen=0
+starts=2 rounds=7 round_ms=20 cpubits32=0 opt3=0 native=1 gen=0 vectors=
 while [ $# -gt 0 ]; do
   case "$1" in
     --starts) starts=$2; shift 2 ;;
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
     --opt3) opt3=1; shift ;;
     --no-native) native=0; shift ;;
     --gen) gen=1; shift ;;
+    --vectors) vectors=$2; shift 2 ;;
     *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
@@ -87,7 +90,7 @@ done
       name: verify-bench-$engine
       configuration:
         "@type": type.googleapis.com/google.protobuf.StringValue
-        value: '{"engine": "$engine", "rounds": $rounds, "round_ms": $round_ms}'
+        value: '{"engine": "$engine", "rounds": $rounds, "round_ms": $round_ms, "vectors": "$vectors"}'
       vm_config:
         vm_id: verify-bench-$engine
         runtime: envoy.wasm.runtime.v8
@@ -118,7 +121,7 @@ done
 if [ "$native" = 1 ]; then
   for run in $(seq $((starts * 2))); do
     echo "native run $run/$((starts * 2))" >&2
-    "$bin" --rounds "$rounds" --round-ms "$round_ms" > "$out/native-$run.log"
+    "$bin" --rounds "$rounds" --round-ms "$round_ms" --vectors "$vectors" > "$out/native-$run.log"
   done
 fi
 

@@ -35,6 +35,11 @@ impl RootContext for Bench {
         let settings = Settings {
             rounds: usize::try_from(number("rounds", 7)).unwrap_or(7),
             round_ns: number("round_ms", 20) * 1_000_000,
+            vectors: config
+                .get("vectors")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
         };
         let engine = config
             .get("engine")

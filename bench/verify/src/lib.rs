@@ -21,7 +21,9 @@ pub mod token {
 
 pub mod candidates;
 pub mod mont_variants;
+pub mod old_montgomery;
 pub mod old_rsa_verify;
+pub mod simd_square;
 pub mod suite;
 
 #[cfg(target_arch = "wasm32")]

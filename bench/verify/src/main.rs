@@ -39,6 +39,10 @@ mod native {
         let mut settings = Settings::default();
         let mut args = args.iter();
         while let Some(flag) = args.next() {
+            if flag == "--vectors" {
+                settings.vectors = args.next().cloned().unwrap_or_default();
+                continue;
+            }
             let value = args
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())

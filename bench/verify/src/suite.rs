@@ -5,22 +5,26 @@ use crate::candidates;
 use crate::crypto::alg::Alg;
 use crate::crypto::montgomery;
 use crate::token::jwks::KeySet;
-use crate::{mont_variants, old_rsa_verify};
+use crate::{mont_variants, old_montgomery, old_rsa_verify, simd_square};
 
 /// The filter's RSA path before src/montgomery.rs: crypto-bigint's fixed widths.
 const CRYPTO_BIGINT_OLD: &str = "crypto-bigint (old)";
+/// The filter's arithmetic before the SIMD lanes: CIOS on u32 limbs (old_montgomery.rs).
+const U32_CIOS_OLD: &str = "u32 CIOS (old)";
 use serde_json::{json, Value};
 
 /// The vectors run by default (run.sh regenerates them with `verify-bench gen`).
 pub const VECTORS: &str = include_str!("../vectors.json");
 
 /// How long to measure.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Timed rounds per row; the row reports their median, min and max.
     pub rounds: usize,
     /// Target duration of one round: decides how many operations a round runs.
     pub round_ns: u64,
+    /// Names of the vectors to run (comma-separated); empty: all of them.
+    pub vectors: String,
 }
 
 impl Default for Settings {
@@ -28,6 +32,7 @@ impl Default for Settings {
         Settings {
             rounds: 7,
             round_ns: 20_000_000,
+            vectors: String::new(),
         }
     }
 }
@@ -100,7 +105,7 @@ fn vectors(json: &str) -> Result<Vec<Vector>, String> {
 /// Times `job` (which returns its verdict) and checks every verdict is `expected`.
 fn measure(
     clock: &dyn Fn() -> u64,
-    settings: Settings,
+    settings: &Settings,
     expected: bool,
     job: &dyn Fn() -> bool,
 ) -> (u64, u64, u64, u64, u64, bool) {
@@ -151,7 +156,13 @@ pub fn run(
     settings: Settings,
     emit: &mut dyn FnMut(&Row),
 ) -> Result<(), String> {
-    for v in vectors(vectors_json.unwrap_or(VECTORS))? {
+    let chosen = |name: &str| {
+        settings.vectors.is_empty() || settings.vectors.split(',').any(|only| only == name)
+    };
+    for v in vectors(vectors_json.unwrap_or(VECTORS))?
+        .into_iter()
+        .filter(|v| chosen(&v.name))
+    {
         let jwks = json!({ "keys": [v.jwk] });
         let key = KeySet::from_value(&jwks)
             .map_err(|e| format!("{}: {e}", v.name))?
@@ -171,7 +182,7 @@ pub fn run(
                        expected: bool,
                        job: &dyn Fn() -> bool| {
             let (first, median, min, max, ops_per_round, correct) =
-                measure(clock, settings, expected, job);
+                measure(clock, &settings, expected, job);
             emit(&Row {
                 vector: v.name.clone(),
                 implementation,
@@ -228,6 +239,14 @@ pub fn run(
                 });
                 row(CRYPTO_BIGINT_OLD, "pow", true, &|| {
                     fixed.public_op(good).as_ref() == Some(&expected)
+                });
+                let u32_cios = old_montgomery::Modulus::new(&n).ok_or("u32 CIOS refused n")?;
+                row(U32_CIOS_OLD, "pow", true, &|| {
+                    u32_cios.pow(good, e64).as_ref() == Some(&expected)
+                });
+                let square = simd_square::Modulus::new(&n).ok_or("simd_square refused n")?;
+                row("pow: SIMD, dedicated square", "pow", true, &|| {
+                    square.pow(good, e64).as_ref() == Some(&expected)
                 });
                 let params = mont_variants::Params::new(&n).ok_or("variants refused n")?;
                 for variant in mont_variants::Variant::ALL {
