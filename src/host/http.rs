@@ -249,14 +249,12 @@ fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
     }
 }
 
-/// Runs the core on a request with the clock of the last tick (a resumed request, rare,
-/// reads the host's), kept in the key store for the rest of this request's work.
+/// Runs the core on a request, with the clock read once (and kept in the key store for
+/// the rest of this request's work). Not the tick's clock: each worker's would be up to
+/// a second behind in its own way, and a token would flap between accepted and refused
+/// across workers around its exp.
 fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) -> Decision {
-    let now_ms = if attempt.resumed {
-        now_ms()
-    } else {
-        state.request_clock_ms()
-    };
+    let now_ms = now_ms();
     state.keys.borrow().now_ms.set(now_ms);
     let keyring = HostKeyring {
         store: &state.keys,

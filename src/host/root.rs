@@ -59,25 +59,9 @@ pub struct VmState {
     pub logouts: RefCell<Vec<(u32, u64)>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
-    /// The clock as the last tick read it (0: not yet): what a request decides with,
-    /// saving a host call per request. The tick runs at least every second, so it is at
-    /// most about a second old, well inside any clock skew a token check allows.
-    pub clock_ms: Cell<u64>,
 }
 
 impl VmState {
-    /// The clock for a new request: the tick's, or the host's until the first tick.
-    pub fn request_clock_ms(&self) -> u64 {
-        match self.clock_ms.get() {
-            0 => {
-                let now = now_ms();
-                self.clock_ms.set(now);
-                now
-            }
-            ticked => ticked,
-        }
-    }
-
     pub fn set_tick(&self, ms: u64) {
         if self.tick_ms.get() != ms && hostcalls::set_tick_period(Duration::from_millis(ms)).is_ok()
         {
@@ -103,7 +87,6 @@ impl Root {
     /// due, then wake the requests that can go on.
     fn drive(&self, state: &VmState) {
         let now = now_ms();
-        state.clock_ms.set(now);
         let changed = {
             let mut keys = state.keys.borrow_mut();
             keys.now_ms.set(now);
@@ -232,14 +215,10 @@ impl RootContext for Root {
                     waiters: RefCell::new(Vec::new()),
                     logouts: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
-                    clock_ms: Cell::new(0),
                 });
                 if remote {
                     // The first tick starts the first fetch (clusters are ready by then).
                     state.set_tick(BUSY_TICK_MS);
-                } else {
-                    // The tick keeps the requests' clock (`clock_ms`) fresh.
-                    state.set_tick(IDLE_TICK_MS);
                 }
                 self.state = Some(state);
                 true
