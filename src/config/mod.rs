@@ -1274,9 +1274,6 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             .iter()
             .for_each(|name| reads.add_header(name));
     }
-    for name in &identity_headers {
-        reads.add_header(name);
-    }
     if providers.iter().any(|p| p.login.is_some()) {
         // The login's own endpoints, the browser test (GET, Accept: text/html), the
         // redirect URI (scheme and host) and the cookies removed on every route.
@@ -1884,7 +1881,8 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_reads_only_what_sources_rules_and_identity_headers_need() {
+    fn the_filter_reads_only_what_sources_and_rules_need_never_identity_headers() {
+        // Identity headers are removed (or replaced) blindly, never read.
         let config = Config::from_json(base().to_string().as_bytes()).unwrap();
         assert_eq!(
             config.reads,
@@ -1892,11 +1890,7 @@ mod tests {
                 method: false,
                 path: false,
                 host: false,
-                headers: vec![
-                    "authorization".into(),
-                    "x-jwt-payload".into(),
-                    "x-user-id".into()
-                ],
+                headers: vec!["authorization".into()],
             }
         );
         let doc = with(|d| {
@@ -1908,10 +1902,7 @@ mod tests {
         });
         let reads = Config::from_json(doc.to_string().as_bytes()).unwrap().reads;
         assert!(reads.path && reads.method && !reads.host, "{reads:?}");
-        assert_eq!(
-            reads.headers,
-            vec!["cookie", "x-tenant", "x-jwt-payload", "x-user-id"]
-        );
+        assert_eq!(reads.headers, vec!["cookie", "x-tenant"]);
     }
 
     #[test]

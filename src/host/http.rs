@@ -250,7 +250,9 @@ fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
 }
 
 /// Runs the core on a request, with the clock read once (and kept in the key store for
-/// the rest of this request's work).
+/// the rest of this request's work). Not the tick's clock: each worker's would be up to
+/// a second behind in its own way, and a token would flap between accepted and refused
+/// across workers around its exp.
 fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) -> Decision {
     let now_ms = now_ms();
     state.keys.borrow().now_ms.set(now_ms);
