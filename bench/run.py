@@ -20,6 +20,12 @@ kept in bench/.work and reused while they have a day left):
   native            envoy.filters.http.jwt_authn, no jwt_cache_config, unique tokens
   native-cache      jwt_authn with jwt_cache_config, one token repeated
   tg-cached         tokengate, one token repeated (its cache answers)
+  tg-cached-fwd     tokengate with a realistic provider: forward.claims `sub` -> x-user-id,
+                    `scope` -> x-user-scope, `realm_access.roles` -> x-user-roles and
+                    forward.payload_header x-jwt-payload; one token (carrying the roles)
+                    repeated: judged against floor (>= 0.95x) and native-cache-fwd
+  native-cache-fwd  jwt_authn + jwt_cache_config forwarding the same (claim_to_headers for
+                    the three claims, forward_payload_header), the same token repeated
   tg-cold           tokengate, unique tokens cycling, more than its cache holds
   native-badsig     jwt_authn, tokens signed by another key with the same kid (401)
   tg-badsig         tokengate, the same bad tokens (401)
@@ -166,8 +172,24 @@ AUTHZ_TREE = {"all": [
 POLICY_PATH = "/v1/data/envoy/authz/allow"
 POLICY_CACHE_SECS = 3600  # authz_service.cache_secs (the most it takes): the whole run
 
+# Forwarding (issue 12, "a realistic provider"): three claims, each a different shape (a
+# string, a space-separated scope, an array nested in an object, as Keycloak puts realm
+# roles), and the whole payload. tokengate's `forward` and jwt_authn's `claim_to_headers` +
+# `forward_payload_header` name the same headers. The token of these rows ("fwd") carries
+# the roles too; every other variant keeps its own tokens, unchanged.
+FORWARD_CLAIMS = {"sub": "x-user-id", "scope": "x-user-scope",
+                  "realm_access.roles": "x-user-roles"}
+FORWARD_PAYLOAD_HEADER = "x-jwt-payload"
+FORWARD_ROLES = ["offline_access", "uma_authorization", "orders-reader"]
+# Extra claims minted into a kind of token (NAME=VALUE for `tokengate token --claim`, VALUE
+# JSON); the manifest remembers them, so tokens minted with other claims are minted again.
+TOKEN_CLAIMS = {"fwd": [f"realm_access.roles={json.dumps(FORWARD_ROLES)}"]}
+# A route only the sanity check asks for (wrk always asks for /), on the forwarding
+# listeners only: its answer echoes the request headers the filter left, as x-seen-<name>.
+FORWARD_CHECK_PATH = "/_bench/forwarded"
+
 # Targets (the issue's). Ratios are of mean req/s.
-TARGET_CACHED_VS_FLOOR = 0.95
+TARGET_CACHED_VS_FLOOR = 0.95  # with and without forwarding
 TARGET_COLD_VS_NATIVE = {"RS256": 0.5, "ES256": 0.3, "EdDSA": 1.0}
 TARGET_BAD_VS_NATIVE = {"RS256": 0.5, "EdDSA": 0.5}
 TARGET_EXCHANGE_VS_CACHED = 0.9  # an exchange cache hit vs a cached JWT (tg-cached)
@@ -461,9 +483,10 @@ def ensure_keys() -> dict:
     return keys
 
 
-def mint(key: Path, subs: list[str]) -> list[str]:
+def mint(key: Path, subs: list[str], claims: list[str] = ()) -> list[str]:
     """Tokens from the CLI: `--count` mints many distinct ones (own jti) in one process,
-    in as many batches at once as there are CPUs; `sub` names the batch."""
+    in as many batches at once as there are CPUs; `sub` names the batch. `claims`: more
+    `--claim NAME=VALUE` on top of `scope`."""
     workers = max(1, os.cpu_count() or 1)
     exp_in = f"{TOKEN_LIFETIME_S}s"
     batch = max(1, -(-len(subs) // workers))
@@ -472,7 +495,8 @@ def mint(key: Path, subs: list[str]) -> list[str]:
     def some(chunk: list[str]) -> list[str]:
         out = run_cli(["token", "--key", str(key), "--iss", ISSUER, "--sub", chunk[0],
                        "--aud", AUDIENCE, "--exp-in", exp_in, "--count", str(len(chunk)),
-                       "--claim", "scope=orders:read orders:write"])
+                       "--claim", "scope=orders:read orders:write"]
+                      + [arg for claim in claims for arg in ("--claim", claim)])
         return out.split()
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -547,9 +571,11 @@ def file_sha(path: Path) -> str:
 
 
 def ensure_tokens(keys: dict) -> dict:
-    """Token files per algorithm: cached (1), cold (COLD_TOKENS), bad (BAD_TOKENS).
+    """Token files per algorithm: cached (1), cold (COLD_TOKENS), bad (BAD_TOKENS), fwd (1,
+    with TOKEN_CLAIMS["fwd"]: the forwarding rows').
 
-    Reused across runs while the keys are the same and the tokens have time left."""
+    Reused across runs while the keys are the same and the tokens have time left (and, for
+    a kind with extra claims, were minted with the same ones)."""
     folder = WORK / "tokens"
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -566,17 +592,20 @@ def ensure_tokens(keys: dict) -> dict:
         fresh = (manifest.get("key") == file_sha(good)
                  and manifest.get("other") == file_sha(other)
                  and manifest.get("exp", 0) - now >= TOKEN_MIN_LEFT_S)
-        paths = {kind: folder / f"{alg}-{kind}.txt" for kind in ("cached", "cold", "bad")}
-        wanted = {"cached": 1, "cold": COLD_TOKENS, "bad": BAD_TOKENS}
+        wanted = {"cached": 1, "cold": COLD_TOKENS, "bad": BAD_TOKENS, "fwd": 1}
+        paths = {kind: folder / f"{alg}-{kind}.txt" for kind in wanted}
         for kind, count in wanted.items():
             have = manifest.get(kind, 0) if fresh and paths[kind].exists() else 0
+            claims = TOKEN_CLAIMS.get(kind, [])
+            if claims and manifest.get(f"{kind}_claims") != claims:
+                have = 0
             if have >= count:
                 continue
             started = time.monotonic()
             key = other if kind == "bad" else good
             subs = [f"{kind}-{i:06d}" for i in range(count)]
             log(f"minting {count} {alg} {kind} token(s)")
-            tokens = mint(key, subs)
+            tokens = mint(key, subs, claims)
             paths[kind].write_text("\n".join(tokens) + "\n")
             log(f"  {count} {alg} {kind} token(s) in {time.monotonic() - started:.1f} s")
             if not fresh:
@@ -585,6 +614,8 @@ def ensure_tokens(keys: dict) -> dict:
                             "exp": now + TOKEN_LIFETIME_S}
                 fresh = True
             manifest[kind] = count
+            if claims:
+                manifest[f"{kind}_claims"] = claims
             manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
         for kind, path in paths.items():
             lines = [t for t in path.read_text().split("\n") if t]
@@ -629,10 +660,25 @@ ROUTER = {
 }
 
 
-def listener(name: str, port: int, http_filters: list) -> dict:
+def forward_check_route() -> dict:
+    """The forwarding listeners' route for the sanity check (before the `/` route, which is
+    all wrk asks for): it answers 200 with each identity header the filter set, and the
+    `authorization` it left, echoed as `x-seen-<name>` (Envoy leaves out an empty value)."""
+    names = list(FORWARD_CLAIMS.values()) + [FORWARD_PAYLOAD_HEADER, "authorization"]
+    return {
+        "match": {"path": FORWARD_CHECK_PATH},
+        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+        "response_headers_to_add": [
+            {"header": {"key": f"x-seen-{name}", "value": f"%REQ({name})%"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for name in names],
+    }
+
+
+def listener(name: str, port: int, http_filters: list, check_routes: list | None = None) -> dict:
     # Every variant gets the same connection manager and the same direct response: the
     # only difference between listeners is the filter in front of the router. No upstream:
     # on two cores a third process would compete with Envoy and wrk and blur the numbers.
+    # `check_routes` (the forwarding listeners') match only paths the sanity check asks for.
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                  "http_connection_manager.v3.HttpConnectionManager",
@@ -646,9 +692,9 @@ def listener(name: str, port: int, http_filters: list) -> dict:
             "virtual_hosts": [{
                 "name": "all",
                 "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"},
-                            "direct_response": {"status": 200,
-                                                "body": {"inline_string": "ok\n"}}}],
+                "routes": (check_routes or []) + [
+                    {"match": {"prefix": "/"},
+                     "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}],
             }],
         },
         "http_filters": http_filters + [ROUTER],
@@ -688,11 +734,13 @@ def wasm_filter(plugin_name: str, vm_id: str, code: Path, configuration: str) ->
 
 def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
                      exchanges: dict | None = None, rules: list | None = None,
-                     authz_service: dict | None = None, revocation: dict | None = None) -> dict:
+                     authz_service: dict | None = None, revocation: dict | None = None,
+                     forward: dict | None = None) -> dict:
     # The same checks as the jwt_authn variants: issuer, audience, signature, exp; the
     # token removed before the request goes on (jwt_authn's forward: false); no claims
-    # forwarded. The exchange variants add `exchanges` to this same document (no rules:
-    # the implicit rule takes the provider or the exchange).
+    # forwarded, except with `forward` (the forwarding rows: claims and payload_header).
+    # The exchange variants add `exchanges` to this same document (no rules: the implicit
+    # rule takes the provider or the exchange).
     document = {
         "realm": name,
         "providers": {"bench": {
@@ -710,6 +758,8 @@ def tokengate_filter(name: str, alg: str, keyset: dict, code: Path = WASM,
         document["authz_service"] = authz_service
     if revocation:
         document["providers"]["bench"]["revocation"] = revocation
+    if forward:
+        document["providers"]["bench"]["forward"] = forward
     return wasm_filter(name, "tokengate", code, json.dumps(document))
 
 
@@ -766,7 +816,13 @@ def floor_filter(name: str) -> dict:
     return wasm_filter(name, "floor", FLOOR_WASM, "{}")
 
 
-def native_filter(keyset: dict, cache: bool) -> dict:
+def tokengate_forward() -> dict:
+    """The forwarding rows' `forward`: the three claims and the payload (keep_token false,
+    as in every row: the token is removed)."""
+    return {"claims": dict(FORWARD_CLAIMS), "payload_header": FORWARD_PAYLOAD_HEADER}
+
+
+def native_filter(keyset: dict, cache: bool, forward: bool = False) -> dict:
     provider = {
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
@@ -776,6 +832,15 @@ def native_filter(keyset: dict, cache: bool) -> dict:
     }
     if cache:
         provider["jwt_cache_config"] = {"jwt_cache_size": NATIVE_CACHE_SIZE}
+    if forward:
+        # jwt_authn (1.40, authenticator.cc addJWTClaimToHeader): claim_name is a dotted
+        # path into nested objects; strings as they are, numbers and booleans as text, and
+        # an array or object as standard base64 of its JSON (tokengate joins an array of
+        # strings with ","). The payload: the token's base64url segment, unpadded
+        # (pad_forward_payload_header false), as tokengate's payload_header.
+        provider["claim_to_headers"] = [{"header_name": header, "claim_name": claim}
+                                        for claim, header in FORWARD_CLAIMS.items()]
+        provider["forward_payload_header"] = FORWARD_PAYLOAD_HEADER
     return {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
@@ -805,6 +870,7 @@ class Variant:
         self.port = 0
         self.runs: list[dict] = []
         self.warnings: list[str] = []
+        self.seen: dict = {}  # forwarding rows: the identity headers the sanity check saw
 
     @property
     def tokengate(self) -> bool:
@@ -824,6 +890,11 @@ class Variant:
     def central(self) -> bool:
         return self.kind == "tg-central-hit"
 
+    @property
+    def forwarding(self) -> bool:
+        """A row whose filter forwards claims and the payload (FORWARD_CLAIMS)."""
+        return self.kind in ("tg-cached-fwd", "native-cache-fwd")
+
 
 def variants() -> list[Variant]:
     out = []
@@ -834,6 +905,12 @@ def variants() -> list[Variant]:
             Variant("passthrough", alg, "cached", 200, "passthrough (router only)"),
             Variant("floor", alg, "cached", 200, "floor wasm filter"),
             Variant("tg-cached", alg, "cached", 200, "tokengate, cached (1 token)"),
+            # A realistic provider (issue 12): three claims and the payload forwarded, by
+            # tokengate and by jwt_authn with its cache, next to each other.
+            Variant("tg-cached-fwd", alg, "fwd", 200,
+                    "tokengate, cached (1 token), forwarding 3 claims + payload"),
+            Variant("native-cache-fwd", alg, "fwd", 200,
+                    "jwt_authn + jwt_cache_config (1 token), forwarding 3 claims + payload"),
         ]
         if alg == AUTHZ_ALG:
             # Right after the cached JWT they are judged against: the same token.
@@ -878,6 +955,10 @@ def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
         return [native_filter(keyset, cache=False)]
     if v.kind == "native-cache":
         return [native_filter(keyset, cache=True)]
+    if v.kind == "native-cache-fwd":
+        return [native_filter(keyset, cache=True, forward=True)]
+    if v.kind == "tg-cached-fwd":
+        return [tokengate_filter(v.name, v.alg, keyset, forward=tokengate_forward())]
     if v.exchange:
         return [tokengate_filter(v.name, v.alg, keyset,
                                  exchanges=exchange_document(v.kind, auth_port, mint_key))]
@@ -1132,6 +1213,62 @@ def fmt_ms(value) -> str:
 
 # --- the phases ---------------------------------------------------------------------------
 
+def b64_json(text: str, urlsafe: bool):
+    """The JSON in base64 (padded or not), or None."""
+    try:
+        raw = (base64.urlsafe_b64decode if urlsafe else base64.b64decode)(
+            text + "=" * (-len(text) % 4))
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def check_forwarding(v: Variant, token: str) -> list[str]:
+    """Ask a forwarding listener's check route with the run's token: every identity header
+    must be there with the token's value (an array as the filter writes it: tokengate joins
+    strings with ",", jwt_authn gives base64 of the JSON) and the token gone. Keeps what it
+    saw in v.seen; returns what makes the row's numbers meaningless (a header missing, the
+    token left); a value in another form than expected is a warning on the row."""
+    claims = b64_json(token.split(".")[1], urlsafe=True) or {}
+    conn = http.client.HTTPConnection("127.0.0.1", v.port, timeout=5)
+    try:
+        conn.request("GET", FORWARD_CHECK_PATH,
+                     headers={"authorization": f"Bearer {token}", TENANT_HEADER: TENANT})
+        response = conn.getresponse()
+        response.read()
+        status = response.status
+        seen = {name[len("x-seen-"):]: value for name, value in response.getheaders()
+                if name.lower().startswith("x-seen-")}
+    finally:
+        conn.close()
+    v.seen = seen
+    failed = []
+    if status != 200:
+        return [f"{v.name}: {FORWARD_CHECK_PATH}: {status} (expected 200)"]
+    if "authorization" in seen:
+        failed.append(f"{v.name}: the token was not removed")
+    for claim, header in FORWARD_CLAIMS.items():
+        value = claims
+        for part in claim.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        got = seen.get(header)
+        if got is None:
+            failed.append(f"{v.name}: no {header} (claim {claim} = {json.dumps(value)})")
+        elif isinstance(value, list):
+            ok = (got == ",".join(value) if v.tokengate
+                  else b64_json(got, urlsafe=False) == value)
+            if not ok:
+                v.warnings.append(f"{header}: {got!r} for {json.dumps(value)}")
+        elif got != value:
+            v.warnings.append(f"{header}: {got!r}, not {value!r}")
+    payload = seen.get(FORWARD_PAYLOAD_HEADER)
+    if payload is None:
+        failed.append(f"{v.name}: no {FORWARD_PAYLOAD_HEADER}")
+    elif b64_json(payload, urlsafe=True) != claims:
+        v.warnings.append(f"{FORWARD_PAYLOAD_HEADER} is not the token's claims")
+    return failed
+
+
 def sanity(vs: list[Variant], token_files: dict) -> None:
     """One request per listener, with the headers wrk sends: the status each variant is
     meant to see. An exchange or central listener gets a second one, which its cache
@@ -1161,6 +1298,10 @@ def sanity(vs: list[Variant], token_files: dict) -> None:
                               "(expected 403 from the rule's authz)")
             elif policy_calls(v) != asked_policy:
                 v.warnings.append("a local authz refusal asked the policy")
+        if v.forwarding:
+            failed += check_forwarding(v, token)
+            log(f"sanity: {v.name} forwards " + ", ".join(
+                f"{name}: {value[:60]}" for name, value in v.seen.items()))
         if v.exchange:
             log(f"sanity: {v.name}: {introspections(v)} introspection(s) after {tries} requests")
         if v.central:
@@ -1206,7 +1347,8 @@ def main_run(cmd: list[str], keyset: dict, token_files: dict, vs: list[Variant])
         log(f"policy server on 127.0.0.1:{policy_port}{POLICY_PATH}")
     config = envoy_config(
         admin_port,
-        [listener(v.name, v.port, filters_for(v, keyset, auth_port, mint_key, policy_port))
+        [listener(v.name, v.port, filters_for(v, keyset, auth_port, mint_key, policy_port),
+                  [forward_check_route()] if v.forwarding else None)
          for v in vs],
         clusters)
     log(f"starting Envoy with {len(vs)} listeners (admin 127.0.0.1:{admin_port})")
@@ -1465,8 +1607,8 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
             return a["rps"] / b["rps"]
         return statistics.median(pairs)
 
-    native_base = {"tg-cached": "native-cache", "tg-cold": "native",
-                   "tg-badsig": "native-badsig"}
+    native_base = {"tg-cached": "native-cache", "tg-cached-fwd": "native-cache-fwd",
+                   "tg-cold": "native", "tg-badsig": "native-badsig"}
     lines = [
         f"# tokengate benchmark — {env['date']}",
         "",
@@ -1486,6 +1628,19 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         f"by another key with the same kid; native cache: `jwt_cache_size: {NATIVE_CACHE_SIZE}`",
         f"- run time {elapsed / 60:.1f} min",
     ]
+    fwd = [v for v in vs if v.forwarding and v.seen]
+    if fwd:
+        roles = FORWARD_CLAIMS["realm_access.roles"]
+        forms = "; ".join(
+            f"{kind}: `{roles}: {seen[roles]}`" for kind, seen in
+            {v.kind: v.seen for v in fwd if roles in v.seen}.items())
+        lines.append(
+            f"- forwarding rows (fwd): their own token, the cached one's claims plus "
+            f"`realm_access.roles` {json.dumps(FORWARD_ROLES)}; tokengate `forward.claims` "
+            f"{json.dumps(FORWARD_CLAIMS)} and `payload_header` `{FORWARD_PAYLOAD_HEADER}`; "
+            f"jwt_authn the same as `claim_to_headers` and `forward_payload_header` (unpadded), "
+            f"with `jwt_cache_config`. Both remove the token. The array as each writes it "
+            f"(sanity check): {forms}")
     calls = info.get("introspection") or {}
     if calls:
         asked = ", ".join(f"{name} {calls['total'][name]} ({calls['sanity'][name]} by the sanity "
@@ -1568,6 +1723,15 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         if r is not None:
             target(f"cached valid token vs floor filter, {alg}", f"{r:.3f}×",
                    f"≥ {TARGET_CACHED_VS_FLOOR}×", r >= TARGET_CACHED_VS_FLOOR)
+    for alg in ALGS:
+        r = ratio("tg-cached-fwd", alg, "floor")
+        if r is not None:
+            target(f"cached, forwarding 3 claims + payload vs floor filter, {alg}", f"{r:.3f}×",
+                   f"≥ {TARGET_CACHED_VS_FLOOR}×", r >= TARGET_CACHED_VS_FLOOR)
+        r = ratio("tg-cached-fwd", alg, "native-cache-fwd")
+        if r is not None:
+            target(f"cached, forwarding 3 claims + payload vs native-cache-fwd (jwt_authn + "
+                   f"cache, forwarding the same), {alg}", f"{r:.3f}×", "(no target)", None)
     for kind, what in (("tg-exchange-hit", "opaque-token exchange cache hit"),
                        ("tg-minted-hit", "exchange + minted JWT cache hit")):
         r = ratio(kind, EXCHANGE_ALG, "tg-cached")
@@ -1654,7 +1818,8 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
         "the median of the per-round ratios (in each round a tokengate variant runs right "
         "after the variant it is judged against, so both see the same moment of the machine). × native "
         "compares a tokengate row with the jwt_authn row of the same load (cached with "
-        "jwt_authn + cache, cold with jwt_authn without cache, bad signatures with bad "
+        "jwt_authn + cache, cached and forwarding with jwt_authn + cache forwarding the same "
+        "claims and payload, cold with jwt_authn without cache, bad signatures with bad "
         "signatures). × cached JWT compares an exchange or authorization row with tokengate's "
         "cached-JWT row of the same algorithm: one opaque token answered from the exchange's "
         "cache vs one JWT answered from the JWT cache; the same JWT through a rule with three "
@@ -1671,7 +1836,7 @@ def report(vs, env, startup, size, info, elapsed) -> tuple[str, dict]:
     raw = {
         "env": env, "startup": startup, "size": size, "info": info,
         "variants": [{"name": v.name, "kind": v.kind, "alg": v.alg, "label": v.label,
-                      "runs": v.runs, "warnings": v.warnings,
+                      "runs": v.runs, "warnings": v.warnings, "forwarded": v.seen or None,
                       "summary": summary(v, vs) if v.runs else None} for v in vs],
         "targets": [{"target": n, "measured": m, "goal": g, "met": ok}
                     for n, m, g, ok in targets],
