@@ -1196,7 +1196,7 @@ pub fn backchannel_logout(
         .and_then(|r| r.backchannel.as_ref())
         .ok_or(LogoutError::MissingToken)?;
     let token =
-        crate::revocation::form_value(body, "logout_token").ok_or(LogoutError::MissingToken)?;
+        crate::token::extract::form_value(body, "logout_token").ok_or(LogoutError::MissingToken)?;
     let keys = match (&provider.keys, keys) {
         (KeySource::Inline(keys), _) => keys.as_ref(),
         (KeySource::Remote(_), Some(keys)) => keys,
@@ -2835,7 +2835,7 @@ mod login_tests {
             .split('&')
             .find_map(|p| p.strip_prefix(&format!("{name}=")))
             .unwrap();
-        crate::login::tests_decode(raw)
+        crate::token::extract::percent_decode(&raw.replace('+', " ")).unwrap()
     }
 
     /// `name=value` of a Set-Cookie line.

@@ -10,7 +10,7 @@ pub mod seal;
 
 use crate::exchange::callout::{form, Callout, FORM};
 use crate::remote::Uri;
-use crate::token::extract::{Request, Source};
+use crate::token::extract::{form_value, Request, Source};
 use crate::token::jwks::KeySet;
 use crate::token::jwt::{self, Policy};
 use cookies::CookieAttributes;
@@ -322,37 +322,10 @@ pub struct Redeem {
     pub state_cookie: String,
 }
 
-/// A query parameter of a callback; none when absent or given twice (which copy would
-/// the identity provider have meant?).
+/// A query parameter of a callback; none when absent, given twice or not decodable.
 fn query_param(request: &Request, name: &str) -> Option<String> {
     let (_, query) = request.path.split_once('?')?;
-    let mut values = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(n, _)| *n == name);
-    let (_, value) = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    form_decode(value)
-}
-
-/// `application/x-www-form-urlencoded` decoding of one value.
-fn form_decode(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.bytes();
-    while let Some(b) = rest.next() {
-        match b {
-            b'+' => bytes.push(b' '),
-            b'%' => {
-                let hi = char::from(rest.next()?).to_digit(16)?;
-                let lo = char::from(rest.next()?).to_digit(16)?;
-                bytes.push(u8::try_from(hi * 16 + lo).ok()?);
-            }
-            other => bytes.push(other),
-        }
-    }
-    String::from_utf8(bytes).ok()
+    form_value(query.as_bytes(), name)
 }
 
 /// The callback's checks: the login cookie for its `state` opens and holds that state,
@@ -796,10 +769,4 @@ pub fn strip_cookies<'a>(
             .clone()
             .any(|session| cookies::is_login_cookie(session, name))
     })
-}
-
-/// Form decoding, for tests of other modules.
-#[cfg(test)]
-pub fn tests_decode(text: &str) -> String {
-    form_decode(text).unwrap_or_default()
 }

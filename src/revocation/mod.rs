@@ -134,29 +134,10 @@ pub fn origin_of(uri: &str) -> Option<(String, Uri)> {
     Some((origin, split))
 }
 
-/// Percent-decoded value of `name` in an `application/x-www-form-urlencoded` body.
-/// `None` when absent or not decodable; a name given twice is `None` too (one reading).
-pub fn form_value(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut found = None;
-    for pair in text.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = crate::token::extract::percent_decode(&key.replace('+', " "))?;
-        if key == name {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(crate::token::extract::percent_decode(
-                &value.replace('+', " "),
-            )?);
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::extract::form_value;
 
     #[test]
     fn origin_is_scheme_and_lowercase_authority() {

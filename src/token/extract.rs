@@ -254,6 +254,25 @@ pub fn percent_decode(input: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Percent-decoded value of `name` in `application/x-www-form-urlencoded` text (a form
+/// body, a query string). `None` when absent or not decodable; a name given twice is
+/// `None` too (which copy was meant?).
+pub fn form_value(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut found = None;
+    for pair in text.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(&key.replace('+', " "))?;
+        if key == name {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(percent_decode(&value.replace('+', " "))?);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
