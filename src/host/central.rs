@@ -7,7 +7,6 @@ use super::root::{now_ms, VmState};
 use crate::flow::{Ask, PolicyService};
 use crate::policy::central::{read_decision, AuthzService, Decision, MAX_DECISION_BYTES};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -140,10 +139,7 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
         return true;
     };
     let now_ms = now_ms();
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u32>().ok());
+    let status = super::exchanges::callout_status();
     let body = super::exchanges::callout_body(body_size, MAX_DECISION_BYTES);
     let answer = match read_decision(status, body_size, &body) {
         Ok(decision) => {

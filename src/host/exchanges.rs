@@ -293,6 +293,14 @@ pub fn on_response(state: &VmState, token_id: u32, body_size: usize) -> bool {
     true
 }
 
+/// A callout answer's `:status`; `None` when there is none (a reset, a local failure).
+pub fn callout_status() -> Option<u32> {
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u32>().ok())
+}
+
 /// A callout's answer body, read only when it is within `cap`: an oversized answer is
 /// never copied into the VM (its size alone refuses it).
 pub fn callout_body(body_size: usize, cap: usize) -> Vec<u8> {

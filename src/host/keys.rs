@@ -195,10 +195,7 @@ impl KeyStore {
             .iter_mut()
             .find(|r| r.in_flight.as_ref().is_some_and(|f| f.token == token))?;
         let stage = remote.in_flight.take().map(|f| f.stage)?;
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u32>().ok());
+        let status = super::exchanges::callout_status();
         let cap = if stage == Stage::Jwks {
             MAX_JWKS_BYTES
         } else {
@@ -514,7 +511,7 @@ pub(super) fn release_lease(key: &str, nonce: u64, success: bool, have_data: boo
 }
 
 /// A number in [0, 1) that differs between workers and over time, for backoff jitter.
-fn jitter(nonce: u64, now_ms: u64) -> f64 {
+pub(super) fn jitter(nonce: u64, now_ms: u64) -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(nonce ^ now_ms);

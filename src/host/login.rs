@@ -3,12 +3,13 @@
 //! callouts of login steps (made from, and answered in, the request's own context).
 
 use super::http::apply_login_finish;
+use super::keys::jitter;
 use super::root::{now_ms, VmState};
 use crate::flow::{self, LoginCall, LoginEndpoints, LoginService, Services};
 use crate::login::{self, EndpointSource, Endpoints, MAX_TOKEN_RESPONSE_BYTES};
+use crate::remote::backoff_ms;
 use crate::token::extract::Request;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -16,9 +17,6 @@ use std::time::Duration;
 
 /// A discovery document is read again this often (its endpoints rarely move).
 const REFRESH_MS: u64 = 3600 * 1000;
-/// After a failed fetch, the next one waits this long (doubling, to the cap).
-const RETRY_MS: u64 = 1000;
-const MAX_RETRY_MS: u64 = 60 * 1000;
 
 /// One login's discovery, on this VM.
 #[derive(Debug, Default)]
@@ -119,7 +117,7 @@ impl Logins {
                         "tokengate: login discovery: callout to cluster {:?} failed: {status:?}",
                         login.cluster
                     );
-                    failed(discovery, now_ms);
+                    failed(discovery, now_ms, state.nonce);
                 }
             }
         }
@@ -154,7 +152,7 @@ impl Logins {
                     "tokengate: login discovery for provider {:?}: no usable document (status {status})",
                     state.config.providers.get(provider).map_or("", |p| p.name.as_str())
                 );
-                failed(discovery, now);
+                failed(discovery, now, state.nonce);
             }
         }
         true
@@ -200,26 +198,22 @@ impl Logins {
     }
 }
 
-fn failed(discovery: &mut Discovery, now_ms: u64) {
+/// After a failed fetch, the next one waits as a failed key fetch does (doubling from
+/// 1 s, jittered, capped lower while no endpoints are known).
+fn failed(discovery: &mut Discovery, now_ms: u64, nonce: u64) {
     discovery.failures = discovery.failures.saturating_add(1);
-    let backoff = RETRY_MS
-        .saturating_mul(1u64 << discovery.failures.min(6))
-        .min(MAX_RETRY_MS);
+    let backoff = backoff_ms(
+        discovery.failures,
+        discovery.endpoints.is_some(),
+        jitter(nonce, now_ms),
+    );
     discovery.next_fetch_ms = now_ms.saturating_add(backoff);
 }
 
 /// The callout answer's status (0 when none: a reset or a local failure) and body, capped.
 fn response(body_size: usize) -> (u32, Vec<u8>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(0);
-    if body_size > MAX_TOKEN_RESPONSE_BYTES {
-        return (status, Vec::new());
-    }
     (
-        status,
+        super::exchanges::callout_status().unwrap_or(0),
         super::exchanges::callout_body(body_size, MAX_TOKEN_RESPONSE_BYTES),
     )
 }

@@ -18,7 +18,6 @@ use crate::revocation::{Signer, StatusListPolicy};
 use crate::stats::{Counter, RevocationEvent};
 use crate::token::jwks::KeySet;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -300,23 +299,17 @@ impl RevocationStore {
         let Some(policy) = list_policy(config, slot.provider) else {
             return true;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let result = match status.as_deref() {
+        let result = match super::exchanges::callout_status() {
             None => Err("callout failed".to_owned()),
-            Some("200") if body_size <= policy.max_token_bytes() => {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+            Some(200) if body_size <= policy.max_token_bytes() => {
+                let body = super::exchanges::callout_body(body_size, policy.max_token_bytes());
                 let text = String::from_utf8(body).unwrap_or_default();
                 let token = text.trim().to_owned();
                 check_list(config, keys, slot, &token, now_ms)
                     .map(|list| (token, list))
                     .map_err(|e| e.describe().to_owned())
             }
-            Some("200") => Err(ListError::TooLarge.describe().to_owned()),
+            Some(200) => Err(ListError::TooLarge.describe().to_owned()),
             Some(other) => Err(format!("HTTP status {other}")),
         };
         match result {
