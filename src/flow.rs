@@ -91,7 +91,7 @@ impl Reply {
 }
 
 /// A login step waiting on the token endpoint.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LoginCall {
     pub provider: usize,
     pub callout: Callout,
@@ -104,15 +104,6 @@ impl PartialEq for LoginCall {
     }
 }
 impl Eq for LoginCall {}
-impl Clone for LoginCall {
-    fn clone(&self) -> Self {
-        LoginCall {
-            provider: self.provider,
-            callout: self.callout.clone(),
-            step: self.step.clone(),
-        }
-    }
-}
 
 /// Which login step a token endpoint callout is for.
 #[derive(Debug, Clone)]
@@ -811,7 +802,7 @@ impl Step<'_> {
             LoginEndpoints::Pending | LoginEndpoints::Unavailable => {
                 if browser {
                     counters.push(Counter::Login(LoginEvent::Unavailable));
-                    return reply(Reply::login_failure(LoginError::Unavailable), counters);
+                    return reply_decision(Reply::login_failure(LoginError::Unavailable), counters);
                 }
                 return refuse(self.config, Refusal::Authn(error), rule_index, counters);
             }
@@ -839,7 +830,7 @@ impl Step<'_> {
         let mut random = [0u8; START_RANDOM_BYTES];
         if !self.services.login.random(&mut random) {
             counters.push(Counter::Login(LoginEvent::Unavailable));
-            return reply(Reply::login_failure(LoginError::Unavailable), counters);
+            return reply_decision(Reply::login_failure(LoginError::Unavailable), counters);
         }
         let name = self
             .config
@@ -848,7 +839,7 @@ impl Step<'_> {
             .map_or("", |p| p.name.as_str());
         let redirect = login::start(login, name, &endpoints, self.request, &random, self.now);
         counters.push(Counter::Login(LoginEvent::Redirect));
-        reply(Reply::redirect(redirect), counters)
+        reply_decision(Reply::redirect(redirect), counters)
     }
 
     /// A session token about to expire, with a refresh token sealed beside it: refreshed
@@ -1019,10 +1010,6 @@ fn reply_decision(reply: Reply, counters: Vec<Counter>) -> Decision {
     }
 }
 
-fn reply(reply: Reply, counters: Vec<Counter>) -> Decision {
-    reply_decision(reply, counters)
-}
-
 /// A login's endpoints: as configured, or as the host read them from discovery.
 fn login_endpoints(services: Services<'_>, id: usize, login: &login::Login) -> LoginEndpoints {
     match &login.endpoints {
@@ -1143,11 +1130,7 @@ fn with_session_token(request: &Request, session: &str, token: &str) -> Request 
         .header("cookie")
         .and_then(|c| {
             crate::login::cookies::strip(c, |name| {
-                name == session
-                    || name
-                        .strip_prefix(session)
-                        .and_then(|rest| rest.strip_prefix('.'))
-                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                crate::login::cookies::is_session_cookie(session, name)
             })
         })
         .unwrap_or_default();

@@ -264,17 +264,24 @@ pub fn strip(cookie_header: &str, is_internal: impl Fn(&str) -> bool) -> Option<
     (!kept.is_empty()).then(|| kept.join("; "))
 }
 
+/// The session cookie itself: `session_name` or one of its chunks (`session_name.N`).
+pub fn is_session_cookie(session_name: &str, cookie_name: &str) -> bool {
+    cookie_name
+        .strip_prefix(session_name)
+        .is_some_and(|rest| rest.is_empty() || is_chunk_suffix(rest))
+}
+
 /// Whether `cookie_name` is one of the login's own cookies for the session cookie
 /// `session_name`: the session itself and its chunks (`name`, `name.N`), the sealed
 /// tokens beside it (`name.aux`, `name.aux.N`), and login states (`name.login.…`). None
 /// of them may reach the upstream.
 pub fn is_login_cookie(session_name: &str, cookie_name: &str) -> bool {
+    if is_session_cookie(session_name, cookie_name) {
+        return true;
+    }
     let Some(rest) = cookie_name.strip_prefix(session_name) else {
         return false;
     };
-    if rest.is_empty() || is_chunk_suffix(rest) {
-        return true;
-    }
     if let Some(aux) = rest.strip_prefix(".aux") {
         return aux.is_empty() || is_chunk_suffix(aux);
     }

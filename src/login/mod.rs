@@ -654,9 +654,10 @@ pub fn refresh_callout(
     Some(token_callout(login, endpoints, &fields))
 }
 
-/// The token endpoint's answer to a refresh: the new session token and the cookies that
-/// carry it (and the new refresh token). An ID token, when the answer has one, must
-/// pass its checks but can't carry a nonce check (none was sent).
+/// The token endpoint's answer to a refresh: the new session token (checked by the
+/// provider's rules, as at sign-in) and the cookies that carry it and the new refresh
+/// token. A new ID token is kept sealed only as logout's `id_token_hint`: it is not
+/// checked here and never becomes an identity.
 pub fn refreshed(
     trust: Trust<'_>,
     request: &Request,
