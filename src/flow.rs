@@ -1,6 +1,7 @@
 //! The per-request decision: a request and the time in, a [`Decision`] out (header
 //! edits or a refusal, counters to move). No SDK types; the host applies the result.
 
+use crate::clock::Clock;
 use crate::config::{Config, KeySource, Provider};
 use crate::crypto::b64;
 use crate::deny::Deny;
@@ -359,11 +360,11 @@ pub fn decide(
     config: &Config,
     services: Services<'_>,
     request: &Request,
-    now: u64,
+    clock: &Clock<'_>,
     caches: &mut Caches,
     waited: bool,
 ) -> Decision {
-    if let Some(decision) = own_endpoint(config, services, request, now, waited) {
+    if let Some(decision) = own_endpoint(config, services, request, clock, waited) {
         return decision;
     }
     let edits: Vec<HeaderEdit> = Vec::with_capacity(config.identity_headers.len() + 2);
@@ -387,7 +388,7 @@ pub fn decide(
         path: &path,
         index,
         rule,
-        now,
+        clock,
         waited,
     };
     let mut decision = step.decide(caches, edits);
@@ -429,13 +430,13 @@ fn strip_login_cookies(config: &Config, request: &Request, edits: &mut Vec<Heade
     let mut cookie: Option<String> = request.header("cookie").map(str::to_owned);
     let mut touched = false;
     edits.retain(|edit| match edit {
-        HeaderEdit::Remove(name) if name == "cookie" => {
+        HeaderEdit::Remove(name) if &**name == "cookie" => {
             cookie = None;
             touched = true;
             false
         }
-        HeaderEdit::Set(name, value) if name == "cookie" => {
-            cookie = Some(value.clone());
+        HeaderEdit::Set(name, value) if &**name == "cookie" => {
+            cookie = Some(value.to_string());
             touched = true;
             false
         }
@@ -443,7 +444,7 @@ fn strip_login_cookies(config: &Config, request: &Request, edits: &mut Vec<Heade
     });
     let Some(current) = cookie else {
         if touched {
-            edits.push(HeaderEdit::Remove("cookie".to_owned()));
+            edits.push(HeaderEdit::Remove("cookie".into()));
         }
         return;
     };
@@ -453,8 +454,8 @@ fn strip_login_cookies(config: &Config, request: &Request, edits: &mut Vec<Heade
         .filter_map(|p| p.login.as_ref().map(|l| l.cookie_name.as_str()));
     match login::strip_cookies(&current, names) {
         Some(kept) if kept == current && !touched => {}
-        Some(kept) => edits.push(HeaderEdit::Set("cookie".to_owned(), kept)),
-        None => edits.push(HeaderEdit::Remove("cookie".to_owned())),
+        Some(kept) => edits.push(HeaderEdit::Set("cookie".into(), kept.into())),
+        None => edits.push(HeaderEdit::Remove("cookie".into())),
     }
 }
 
@@ -467,7 +468,7 @@ struct Step<'a> {
     path: &'a str,
     index: usize,
     rule: &'a Rule,
-    now: u64,
+    clock: &'a Clock<'a>,
     waited: bool,
 }
 
@@ -502,7 +503,7 @@ impl Step<'_> {
         let mut waits = Waits::default();
         let context = Context {
             services: self.services,
-            now: self.now,
+            clock: self.clock,
             waited: self.waited,
         };
         for (authenticator, found) in &attempts {
@@ -657,9 +658,9 @@ impl Step<'_> {
                 .include_headers
                 .iter()
                 .filter_map(|name| {
-                    let value = if config.identity_headers.contains(name) {
+                    let value = if config.identity_headers.iter().any(|h| **h == **name) {
                         edits.iter().rev().find_map(|edit| match edit {
-                            HeaderEdit::Set(set, value) if set == name => Some(value.as_str()),
+                            HeaderEdit::Set(set, value) if **set == **name => Some(&**value),
                             _ => None,
                         })
                     } else {
@@ -691,13 +692,12 @@ impl Step<'_> {
                             decision
                                 .remove_headers
                                 .iter()
-                                .map(|n| HeaderEdit::Remove(n.clone())),
+                                .map(|n| HeaderEdit::Remove(n.as_str().into())),
                         );
                         edits.extend(
-                            decision
-                                .upstream_headers
-                                .iter()
-                                .map(|(n, v)| HeaderEdit::Set(n.clone(), v.clone())),
+                            decision.upstream_headers.iter().map(|(n, v)| {
+                                HeaderEdit::Set(n.as_str().into(), v.as_str().into())
+                            }),
                         );
                         edits.extend(
                             decision
@@ -808,7 +808,8 @@ impl Step<'_> {
             }
         };
         if refreshable {
-            if let Some(callout) = login::refresh_callout(login, &endpoints, self.request, self.now)
+            if let Some(callout) =
+                login::refresh_callout(login, &endpoints, self.request, self.clock.now())
             {
                 let call = LoginCall {
                     provider: id,
@@ -837,7 +838,14 @@ impl Step<'_> {
             .providers
             .get(id)
             .map_or("", |p| p.name.as_str());
-        let redirect = login::start(login, name, &endpoints, self.request, &random, self.now);
+        let redirect = login::start(
+            login,
+            name,
+            &endpoints,
+            self.request,
+            &random,
+            self.clock.now(),
+        );
         counters.push(Counter::Login(LoginEvent::Redirect));
         reply_decision(Reply::redirect(redirect), counters)
     }
@@ -857,13 +865,14 @@ impl Step<'_> {
                 return None;
             }
             let exp = identity.claims.get("exp").and_then(Value::as_u64)?;
-            if exp > self.now.saturating_add(login::REFRESH_AHEAD_SECS) {
+            if exp > self.clock.now().saturating_add(login::REFRESH_AHEAD_SECS) {
                 return None;
             }
             let LoginEndpoints::Ready(endpoints) = login_endpoints(self.services, id, login) else {
                 return None;
             };
-            let callout = login::refresh_callout(login, &endpoints, self.request, self.now)?;
+            let callout =
+                login::refresh_callout(login, &endpoints, self.request, self.clock.now())?;
             Some(LoginCall {
                 provider: id,
                 callout,
@@ -908,7 +917,7 @@ fn own_endpoint(
     config: &Config,
     services: Services<'_>,
     request: &Request,
-    now: u64,
+    clock: &Clock<'_>,
     waited: bool,
 ) -> Option<Decision> {
     // A back-channel logout POST is decided on its body (the host reads it first and
@@ -957,7 +966,7 @@ fn own_endpoint(
         LoginEndpoints::Pending | LoginEndpoints::Unavailable => None,
     };
     if login.logout_path.as_deref() == Some(path) {
-        let redirect = login::logout(login, endpoints.as_deref(), request, now);
+        let redirect = login::logout(login, endpoints.as_deref(), request, clock.now());
         let counters = vec![Counter::Login(LoginEvent::Logout)];
         return Some(reply_decision(Reply::redirect(redirect), counters));
     }
@@ -981,7 +990,7 @@ fn own_endpoint(
         };
         return Some(wait(waits, Vec::new(), None));
     }
-    match login::callback(login, &endpoints, request, now) {
+    match login::callback(login, &endpoints, request, clock.now()) {
         Ok(redeem) => Some(Decision {
             outcome: Outcome::Call(LoginCall {
                 provider: id,
@@ -1265,7 +1274,7 @@ fn first_present<'r>(sources: &[Source], request: &'r Request) -> Option<Found<'
 /// What authentication needs besides the token.
 struct Context<'a> {
     services: Services<'a>,
-    now: u64,
+    clock: &'a Clock<'a>,
     waited: bool,
 }
 
@@ -1277,7 +1286,6 @@ fn authenticate(
     cache: &mut TokenCache,
     counters: &mut Vec<Counter>,
 ) -> Result<Rc<Identity>, NotVerified> {
-    let now = context.now;
     // Checked before the cache so an oversized token costs nothing, not even a hash.
     if token.len() > provider.policy.max_token_bytes {
         return Err(NotVerified::Refused(AuthnError::TooLong));
@@ -1285,7 +1293,11 @@ fn authenticate(
     if let Some(entry) = cache.get(id, token) {
         counters.push(Counter::CacheHit);
         let identity = entry.identity.clone();
-        return match jwt::check_lifetime(entry.lifetime, &provider.policy, now) {
+        // Judged without reading the clock unless the token is within seconds of a limit.
+        let lifetime = context
+            .clock
+            .judge(|now| jwt::check_lifetime(entry.lifetime, &provider.policy, now));
+        return match lifetime {
             Ok(()) => {
                 check_revocation(context, id, provider, &identity, counters)?;
                 Ok(identity)
@@ -1308,7 +1320,7 @@ fn authenticate(
         },
     };
     counters.push(Counter::CacheMiss);
-    let verified = match jwt::verify(token, &provider.policy, &keys, now) {
+    let verified = match jwt::verify(token, &provider.policy, &keys, context.clock.now()) {
         Ok(verified) => verified,
         Err(AuthnError::UnknownKid)
             if matches!(provider.keys, KeySource::Remote(_))
@@ -1365,7 +1377,7 @@ fn check_revocation(
     let revocations = context.services.revocations;
     if revocation.backchannel.is_some() {
         if let Some(denylist) = revocations.denylist(id) {
-            if denylist.revokes(&revocable.subject, context.now) {
+            if denylist.revokes(&revocable.subject, context.clock.now()) {
                 return Err(NotVerified::Refused(AuthnError::Revoked));
             }
         }
@@ -1412,12 +1424,11 @@ fn exchange_identity(
     cache: &mut ExchangeCache,
     counters: &mut Vec<Counter>,
 ) -> Result<Rc<Identity>, NotVerified> {
-    let now = context.now;
     if token.len() > exchange.max_token_bytes {
         return Err(NotVerified::Refused(AuthnError::TooLong));
     }
     let key = TokenKey::of(exchange, token);
-    match cache.get(id, key, now) {
+    match cache.get(id, key, context.clock) {
         Some(Cached::Active(identity)) => {
             counters.push(Counter::Exchange(id, ExchangeEvent::Hit));
             return Ok(identity);
@@ -1432,6 +1443,7 @@ fn exchange_identity(
         .services
         .exchanges
         .lookup(id, key, token, !context.waited);
+    let now = context.clock.now();
     match lookup {
         Lookup::Answer(State::Active { until, claims, jwt }) if now < until => {
             if !context.waited {
@@ -1475,7 +1487,8 @@ fn identity_of(
         None => Vec::new(),
     };
     if let (Some(upstream), Some(jwt)) = (&exchange.upstream, jwt) {
-        headers.push((upstream.header.clone(), format!("{}{jwt}", upstream.prefix)));
+        let value = format!("{}{jwt}", upstream.prefix);
+        headers.push((upstream.header.as_str().into(), value.into()));
     }
     Rc::new(Identity::new(
         Authenticator::Exchange(id),
@@ -1562,7 +1575,7 @@ mod tests {
             config,
             Services::local(),
             req,
-            NOW,
+            &Clock::at_secs(NOW),
             &mut cache(config),
             false,
         )
@@ -1596,7 +1609,7 @@ mod tests {
             decision.outcome,
             Outcome::Forward(vec![
                 HeaderEdit::Remove("authorization".into()),
-                HeaderEdit::Set("x-jwt-payload".into(), payload),
+                HeaderEdit::Set("x-jwt-payload".into(), payload.into()),
                 HeaderEdit::Set("x-user-roles".into(), "user,admin".into()),
                 HeaderEdit::Set("x-user-id".into(), "alice".into()),
             ])
@@ -1705,14 +1718,29 @@ mod tests {
         let auth = bearer(&token("eddsa", &good_claims()));
         let req = request("/api", &[("authorization", &auth)]);
         assert_eq!(
-            decide(&config, Services::local(), &req, NOW, &mut cache, false).counters,
+            decide(
+                &config,
+                Services::local(),
+                &req,
+                &Clock::at_secs(NOW),
+                &mut cache,
+                false
+            )
+            .counters,
             vec![
                 Counter::CacheMiss,
                 Counter::Rule(2, RuleEvent::Allowed),
                 Counter::Allowed
             ]
         );
-        let again = decide(&config, Services::local(), &req, NOW + 1, &mut cache, false);
+        let again = decide(
+            &config,
+            Services::local(),
+            &req,
+            &Clock::at_secs(NOW + 1),
+            &mut cache,
+            false,
+        );
         assert_eq!(
             again.counters,
             vec![
@@ -1723,13 +1751,21 @@ mod tests {
         );
         assert_eq!(
             again.outcome,
-            decide(&config, Services::local(), &req, NOW, &mut cache, false).outcome
+            decide(
+                &config,
+                Services::local(),
+                &req,
+                &Clock::at_secs(NOW),
+                &mut cache,
+                false
+            )
+            .outcome
         );
         let later = decide(
             &config,
             Services::local(),
             &req,
-            NOW + 600 + 60,
+            &Clock::at_secs(NOW + 600 + 60),
             &mut cache,
             false,
         );
@@ -1741,6 +1777,46 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_token_reads_the_clock_only_when_its_exp_is_within_the_window() {
+        let config = standard();
+        let mut cache = cache(&config);
+        let auth = bearer(&token("eddsa", &good_claims()));
+        let req = request("/api", &[("authorization", &auth)]);
+        let reads = std::cell::Cell::new(0);
+        // The window [from, to] (seconds) holds the present, which is `at`.
+        let mut decide_in = |from: u64, to: u64, at: u64| {
+            let read = || {
+                reads.set(reads.get() + 1);
+                at * 1000
+            };
+            let clock = Clock::within(from * 1000, to * 1000, &read);
+            decide(&config, Services::local(), &req, &clock, &mut cache, false)
+        };
+        assert!(matches!(
+            decide_in(NOW, NOW, NOW).outcome,
+            Outcome::Forward(_)
+        ));
+        assert_eq!(reads.get(), 1, "a token verified now reads the clock");
+        // exp + skew = NOW + 660. A window well before it: no reading, accepted.
+        let hit = decide_in(NOW, NOW + 3, NOW + 1);
+        assert!(matches!(hit.outcome, Outcome::Forward(_)));
+        assert_eq!(
+            reads.get(),
+            1,
+            "a token far from its limits costs no reading"
+        );
+        // A window across exp + skew: the exact time decides, on either side of it.
+        let before = decide_in(NOW + 658, NOW + 661, NOW + 659);
+        assert!(matches!(before.outcome, Outcome::Forward(_)));
+        let after = decide_in(NOW + 658, NOW + 661, NOW + 660);
+        assert_eq!(
+            refused_with(&after),
+            Some(Refusal::Authn(AuthnError::Expired))
+        );
+        assert_eq!(reads.get(), 3);
+    }
+
+    #[test]
     fn failures_are_not_cached() {
         let config = standard();
         let mut cache = cache(&config);
@@ -1748,7 +1824,14 @@ mod tests {
         claims["aud"] = json!("billing");
         let auth = bearer(&token("es256", &claims));
         let req = request("/api", &[("authorization", &auth)]);
-        decide(&config, Services::local(), &req, NOW, &mut cache, false);
+        decide(
+            &config,
+            Services::local(),
+            &req,
+            &Clock::at_secs(NOW),
+            &mut cache,
+            false,
+        );
         assert!(cache.tokens.is_empty());
     }
 
@@ -1949,7 +2032,14 @@ mod remote_tests {
             login: &NoLoginService,
             revocations: &NoRevocations,
         };
-        decide(&config, services, &request, NOW, &mut cache, waited)
+        decide(
+            &config,
+            services,
+            &request,
+            &Clock::at_secs(NOW),
+            &mut cache,
+            waited,
+        )
     }
 
     fn status(decision: &Decision) -> Option<u32> {
@@ -2137,7 +2227,14 @@ mod exchange_tests {
             login: &NoLoginService,
             revocations: &NoRevocations,
         };
-        decide(config, services, &request(auth), NOW, caches, waited)
+        decide(
+            config,
+            services,
+            &request(auth),
+            &Clock::at_secs(NOW),
+            caches,
+            waited,
+        )
     }
 
     #[test]
@@ -2320,7 +2417,7 @@ mod exchange_tests {
             &config,
             Services::local(),
             &request,
-            NOW,
+            &Clock::at_secs(NOW),
             &mut Caches::for_config(&config),
             false,
         );
@@ -2428,7 +2525,7 @@ mod authz_tests {
             config,
             services,
             &request,
-            NOW,
+            &Clock::at_secs(NOW),
             &mut Caches::for_config(config),
             waited,
         )
@@ -2800,7 +2897,14 @@ mod login_tests {
             ..Services::local()
         };
         let mut caches = Caches::for_config(config);
-        decide(config, services, request, NOW, &mut caches, false)
+        decide(
+            config,
+            services,
+            request,
+            &Clock::at_secs(NOW),
+            &mut caches,
+            false,
+        )
     }
 
     fn header<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
@@ -2975,7 +3079,7 @@ mod login_tests {
             edits
                 .iter()
                 .filter(
-                    |e| matches!(e, HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) if n == "cookie")
+                    |e| matches!(e, HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) if &**n == "cookie")
                 )
                 .count(),
             1
@@ -3189,7 +3293,14 @@ mod login_tests {
         assert!(set_cookies.iter().any(|c| c.starts_with("tg_session.aux=")));
         assert!(retried.header("cookie").unwrap().contains(&fresh));
         let mut caches = Caches::for_config(&config);
-        let again = decide(&config, services, &retried, NOW, &mut caches, true);
+        let again = decide(
+            &config,
+            services,
+            &retried,
+            &Clock::at_secs(NOW),
+            &mut caches,
+            true,
+        );
         assert!(
             matches!(again.outcome, Outcome::Forward(_)),
             "{:?}",
@@ -3207,7 +3318,14 @@ mod login_tests {
             NOW,
         );
         assert!(matches!(refused, LoginFinish::Unrefreshed(_)));
-        let again = decide(&config, services, &page, NOW, &mut caches, true);
+        let again = decide(
+            &config,
+            services,
+            &page,
+            &Clock::at_secs(NOW),
+            &mut caches,
+            true,
+        );
         assert!(
             matches!(again.outcome, Outcome::Forward(_)),
             "{:?}",
@@ -3347,7 +3465,14 @@ mod revocation_tests {
             revocations: host,
             ..Services::local()
         };
-        decide(config, services, &request(token), NOW, caches, waited)
+        decide(
+            config,
+            services,
+            &request(token),
+            &Clock::at_secs(NOW),
+            caches,
+            waited,
+        )
     }
 
     fn refusal(decision: &Decision) -> Option<Refusal> {
@@ -3523,7 +3648,7 @@ mod revocation_tests {
             &config,
             Services::local(),
             &get,
-            NOW,
+            &Clock::at_secs(NOW),
             &mut Caches::for_config(&config),
             false,
         );
@@ -3545,5 +3670,103 @@ mod revocation_tests {
             backchannel_logout(&config, 0, &huge, None, NOW),
             Err(LogoutError::BodyTooLarge)
         );
+    }
+}
+
+/// Times a cached request's pieces: `cargo test --release --lib cached_path_pieces --
+/// --ignored --nocapture` natively; inside V8, the same test binary built for wasm32-wasip1
+/// under Node (`make probe`). Numbers only, never a verdict: README, Performance.
+#[cfg(test)]
+mod perf_probe {
+    use super::*;
+    use crate::testutil::*;
+    use serde_json::json;
+
+    fn time(label: &str, iters: u32, mut f: impl FnMut()) {
+        for _ in 0..iters / 10 {
+            f();
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        let ns = start.elapsed().as_nanos() / u128::from(iters);
+        let place = if cfg!(target_arch = "wasm32") {
+            "wasm32"
+        } else {
+            "native"
+        };
+        println!("PROBE {place} {label}: {ns} ns");
+    }
+
+    #[test]
+    #[ignore]
+    fn cached_path_pieces() {
+        for fwd in [false, true] {
+            let mut p = json!({
+                "issuer": ISSUER,
+                "audiences": ["orders"],
+                "jwks": { "inline": public_jwks() },
+            });
+            if fwd {
+                p["forward"] = json!({
+                    "claims": { "sub": "x-user-id", "scope": "x-user-scope", "realm_access.roles": "x-user-roles" },
+                    "payload_header": "x-jwt-payload"
+                });
+            }
+            let config = Config::from_json(
+                json!({"providers": {"corp": p}, "rules": [{"name": "all", "match": {}, "authn": {"any": ["corp"]}}]})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+            let token = token("eddsa", &good_claims());
+            let auth = format!("Bearer {token}");
+            let request = Request {
+                method: "GET".into(),
+                path: "/api".into(),
+                host: "svc".into(),
+                headers: vec![("authorization".into(), auth.clone())],
+            };
+            let mut caches = Caches::for_config(&config);
+            let d = decide(
+                &config,
+                Services::local(),
+                &request,
+                &Clock::at_secs(NOW),
+                &mut caches,
+                false,
+            );
+            assert!(matches!(d.outcome, Outcome::Forward(_)), "{d:?}");
+            let label = if fwd { "fwd" } else { "plain" };
+            time(&format!("{label} decide"), 200_000, || {
+                let d = decide(
+                    &config,
+                    Services::local(),
+                    &request,
+                    &Clock::at_secs(NOW),
+                    &mut caches,
+                    false,
+                );
+                std::hint::black_box(d);
+            });
+            time(&format!("{label} cache get"), 200_000, || {
+                std::hint::black_box(caches.tokens.get(0, &token));
+            });
+            time(&format!("{label} token hash"), 200_000, || {
+                std::hint::black_box(crate::token::cache::token_hash(std::hint::black_box(
+                    &token,
+                )));
+            });
+            time(&format!("{label} request build"), 200_000, || {
+                let r = Request {
+                    method: String::from("GET"),
+                    path: String::from("/api"),
+                    headers: vec![("authorization".to_owned(), auth.clone())],
+                    ..Request::default()
+                };
+                std::hint::black_box(r);
+            });
+        }
     }
 }

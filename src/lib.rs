@@ -3,6 +3,7 @@
 //! Everything except [`host`] is a pure core: it takes inputs (headers, time, key
 //! sets) and returns decisions. Only [`host`] talks to proxy-wasm. See ARCHITECTURE.md.
 
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod deny;

@@ -4,6 +4,7 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
+use tokengate::clock::Clock;
 use tokengate::config::Config;
 use tokengate::flow::{decide, Caches, Services};
 use tokengate::token::extract::Request;
@@ -26,8 +27,22 @@ fn run(config: &Config, data: &[u8]) {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
         .collect();
-    let request = Request { method, path, host: "fuzz".into(), headers };
+    let request = Request {
+        method,
+        path,
+        host: "fuzz".into(),
+        headers,
+    };
     let mut caches = Caches::for_config(config);
-    let _ = decide(config, Services::local(), &request, common::NOW, &mut caches, false);
-    let _ = decide(config, Services::local(), &request, common::NOW, &mut caches, true);
+    let clock = Clock::at_secs(common::NOW);
+    for waited in [false, true] {
+        let _ = decide(
+            config,
+            Services::local(),
+            &request,
+            &clock,
+            &mut caches,
+            waited,
+        );
+    }
 }

@@ -671,8 +671,6 @@ mod tests {
         });
         let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
         // The upstream header is an identity header: stripped from every request.
-        assert!(config
-            .identity_headers
-            .contains(&"authorization".to_owned()));
+        assert!(config.identity_headers.contains(&"authorization".into()));
     }
 }

@@ -179,7 +179,7 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Every identity header (forwarded claims, payload headers), lowercase. Removed
     /// from every request, on every route, before the filter sets its own.
-    pub identity_headers: Vec<String>,
+    pub identity_headers: Vec<Rc<str>>,
     /// What the filter reads of each request; nothing else is copied into the VM.
     pub reads: Reads,
     /// (path, JWKS document) of every minting exchange's `jwks_path`.
@@ -1243,6 +1243,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         .collect();
     identity_headers.sort();
     identity_headers.dedup();
+    let identity_headers: Vec<Rc<str>> = identity_headers.into_iter().map(Rc::from).collect();
     let mut reads = Reads::default();
     for source in providers
         .iter()
@@ -1582,7 +1583,7 @@ fn compile_source(at: &str, raw: RawSource) -> Result<Source, ConfigError> {
                 ));
             }
             Ok(Source::Header {
-                name,
+                name: name.into(),
                 prefix: raw.prefix,
             })
         }
@@ -1876,7 +1877,7 @@ mod tests {
         );
         assert_eq!(
             config.identity_headers,
-            vec!["x-jwt-payload".to_string(), "x-user-id".to_string()]
+            vec![Rc::from("x-jwt-payload"), Rc::from("x-user-id")]
         );
     }
 

@@ -3,6 +3,7 @@
 //! serves an identity longer than the shared record allows.
 
 use super::TokenKey;
+use crate::clock::Clock;
 use crate::error::AuthnError;
 use crate::token::cache::Identity;
 use std::collections::{HashMap, VecDeque};
@@ -49,10 +50,12 @@ impl ExchangeCache {
     }
 
     /// The live entry for a token; an expired one is dropped.
-    pub fn get(&mut self, exchange: usize, key: TokenKey, now: u64) -> Option<Cached> {
+    /// The answer kept for `key`, while it lasts (judged without reading the clock
+    /// unless it ends within the clock's window).
+    pub fn get(&mut self, exchange: usize, key: TokenKey, clock: &Clock<'_>) -> Option<Cached> {
         let per = self.exchanges.get_mut(exchange)?;
         match per.entries.get(&key) {
-            Some(entry) if now < entry.until => Some(entry.value.clone()),
+            Some(entry) if clock.judge(|now| now < entry.until) => Some(entry.value.clone()),
             Some(_) => {
                 per.entries.remove(&key);
                 None
@@ -106,8 +109,11 @@ mod tests {
     fn entries_expire_at_their_bound() {
         let mut cache = ExchangeCache::new([10]);
         cache.insert(0, TokenKey(1), 105, refused(), 100);
-        assert_eq!(cache.get(0, TokenKey(1), 104), Some(refused()));
-        assert_eq!(cache.get(0, TokenKey(1), 105), None);
+        assert_eq!(
+            cache.get(0, TokenKey(1), &Clock::at_secs(104)),
+            Some(refused())
+        );
+        assert_eq!(cache.get(0, TokenKey(1), &Clock::at_secs(105)), None);
         assert!(cache.is_empty());
     }
 
@@ -119,8 +125,11 @@ mod tests {
             cache.insert(1, TokenKey(i), 200, refused(), 100);
         }
         assert_eq!(cache.len(), 20);
-        assert_eq!(cache.get(0, TokenKey(999), 100), Some(refused()));
-        assert_eq!(cache.get(0, TokenKey(0), 100), None);
+        assert_eq!(
+            cache.get(0, TokenKey(999), &Clock::at_secs(100)),
+            Some(refused())
+        );
+        assert_eq!(cache.get(0, TokenKey(0), &Clock::at_secs(100)), None);
     }
 
     #[test]

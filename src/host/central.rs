@@ -4,6 +4,7 @@
 //! short-lived, unlike exchange answers.
 
 use super::root::{now_ms, VmState};
+use crate::clock::Clock;
 use crate::flow::{Ask, PolicyService};
 use crate::policy::central::{read_decision, AuthzService, Decision, MAX_DECISION_BYTES};
 use proxy_wasm::hostcalls;
@@ -56,7 +57,7 @@ pub fn wait_ms(service: &AuthzService) -> u64 {
 pub struct HostPolicy<'a> {
     pub state: &'a VmState,
     pub context_id: u32,
-    pub now_ms: u64,
+    pub clock: &'a Clock<'a>,
     /// The request waited for a decision.
     pub resumed: bool,
 }
@@ -71,7 +72,7 @@ impl PolicyService for HostPolicy<'_> {
         // cache hit, and a failure is final); a new request never sees a failure.
         if self.resumed {
             if let Some((answer, until_ms)) = state.policy.answered.borrow().get(&key) {
-                if *until_ms > self.now_ms {
+                if *until_ms > self.clock.now_ms() {
                     return match answer {
                         Some(decision) => Ask::Decided {
                             decision: decision.clone(),
@@ -82,7 +83,7 @@ impl PolicyService for HostPolicy<'_> {
                 }
             }
         }
-        if let Some(decision) = state.decisions.borrow_mut().get(&key, self.now_ms / 1000) {
+        if let Some(decision) = state.decisions.borrow_mut().get(&key, self.clock) {
             return Ask::Decided {
                 decision,
                 cached: true,
@@ -114,7 +115,7 @@ impl PolicyService for HostPolicy<'_> {
                     Flight {
                         key,
                         context_id: self.context_id,
-                        started_ms: self.now_ms,
+                        started_ms: self.clock.now_ms(),
                     },
                 );
                 Ask::Pending

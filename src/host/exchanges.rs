@@ -4,6 +4,7 @@
 //! their answers. What to send and how to read answers is in `crate::exchange`.
 
 use super::root::{now_ms, VmState};
+use crate::clock::Clock;
 use crate::config::KeySource;
 use crate::error::AuthnError;
 use crate::exchange::answer::{self, Answer, Resolved, MAX_ANSWER_BYTES};
@@ -99,7 +100,7 @@ pub fn answered(state: &VmState, exchange: usize, key: TokenKey, now_ms: u64) ->
 pub struct HostExchanges<'a> {
     pub state: &'a VmState,
     pub context_id: u32,
-    pub now_ms: u64,
+    pub clock: &'a Clock<'a>,
     /// The request waited for this token's answer: a failure in the slot is that answer
     /// (503), not a reason to ask again.
     pub resumed: bool,
@@ -111,7 +112,7 @@ impl ExchangeStore for HostExchanges<'_> {
             return Lookup::Unavailable;
         };
         let (record, cas) = read_slot(exchange, key);
-        let now_ms = self.now_ms;
+        let now_ms = self.clock.now_ms();
         let other_pending = matches!(
             &record,
             Some(Record { key: held, state: State::Pending { until_ms, .. } })
@@ -121,13 +122,11 @@ impl ExchangeStore for HostExchanges<'_> {
             Some(Record { key: held, state }) if held == key => match state {
                 State::Active { .. } | State::Refused { .. } => {
                     // The flow checks the bound; an expired answer is asked again.
-                    if !may_start || is_live(&state, self.now_ms) {
+                    if !may_start || is_live(&state, now_ms) {
                         return Lookup::Answer(state);
                     }
                 }
-                State::Pending { until_ms, .. } if until_ms > self.now_ms => {
-                    return Lookup::Pending
-                }
+                State::Pending { until_ms, .. } if until_ms > now_ms => return Lookup::Pending,
                 State::Failed if self.resumed => return Lookup::Unavailable,
                 State::Pending { .. } | State::Failed => {}
             },
@@ -146,7 +145,7 @@ impl ExchangeStore for HostExchanges<'_> {
                 key,
                 state: State::Pending {
                     holder: self.state.nonce,
-                    until_ms: self.now_ms.saturating_add(lease_ms(exchange)),
+                    until_ms: now_ms.saturating_add(lease_ms(exchange)),
                 },
             };
             if !write_slot(exchange, &pending, cas) {
@@ -185,7 +184,7 @@ impl HostExchanges<'_> {
                         exchange: id,
                         key,
                         context_id: self.context_id,
-                        started_ms: self.now_ms,
+                        started_ms: self.clock.now_ms(),
                     },
                 );
                 Lookup::Pending

@@ -6,7 +6,8 @@ use super::exchanges::{self, lease_ms, HostExchanges};
 use super::keys::{HostKeyring, KeyStore};
 use super::login::{self, HostLogin};
 use super::revocation::{provider_keys, HostRevocations, RevocationStore};
-use super::root::{now_ms, VmState, BUSY_TICK_MS};
+use super::root::{now_ms, VmState, BUSY_TICK_MS, CLOCK_LAG_MS};
+use crate::clock::Clock;
 use crate::deny::Deny;
 use crate::error::{AuthnError, Refusal};
 use crate::exchange::TokenKey;
@@ -249,13 +250,20 @@ fn answer_logout_result(state: &VmState, result: Result<(), LogoutError>) {
     }
 }
 
-/// Runs the core on a request, with the clock read once (and kept in the key store for
-/// the rest of this request's work). Not the tick's clock: each worker's would be up to
-/// a second behind in its own way, and a token would flap between accepted and refused
-/// across workers around its exp.
+/// Runs the core on a request. The clock is read only when the decision depends on it
+/// (a token, an answer or a list within seconds of its end; a callout to start): the
+/// present is known to be within [`CLOCK_LAG_MS`] of the last reading, and time checks
+/// settled across that window are decided without a host call. Not simply the tick's
+/// clock: each worker's would be up to a second behind in its own way, and a token would
+/// flap between accepted and refused across workers around its exp.
 fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) -> Decision {
-    let now_ms = now_ms();
-    state.keys.borrow().now_ms.set(now_ms);
+    let known_ms = state.clock_ms.get();
+    let read = || {
+        let now = now_ms();
+        state.clock_ms.set(now.max(state.clock_ms.get()));
+        now
+    };
+    let clock = Clock::within(known_ms, known_ms.saturating_add(CLOCK_LAG_MS), &read);
     let keyring = HostKeyring {
         store: &state.keys,
         metrics: &state.metrics,
@@ -263,13 +271,13 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
     let exchanges = HostExchanges {
         state,
         context_id,
-        now_ms,
+        clock: &clock,
         resumed: attempt.resumed,
     };
     let policy = HostPolicy {
         state,
         context_id,
-        now_ms,
+        clock: &clock,
         resumed: attempt.resumed,
     };
     let login = HostLogin { state };
@@ -278,7 +286,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         config: &state.config,
         store: &state.revocation,
         keys: &state.keys,
-        now_ms,
+        clock: &clock,
         asked: &asked,
         may_wait: attempt.list_wait,
     };
@@ -294,7 +302,7 @@ fn run(state: &VmState, context_id: u32, request: &Request, attempt: Attempt) ->
         &state.config,
         services,
         request,
-        now_ms / 1000,
+        &clock,
         &mut caches,
         attempt.waited,
     );
@@ -435,7 +443,7 @@ fn tally_counters(state: &VmState, counters: &[crate::stats::Counter]) {
     for counter in counters {
         state.metrics.tally(*counter);
     }
-    state.metrics.flush_if_due(state.keys.borrow().now_ms.get());
+    state.metrics.flush_if_due(state.clock_ms.get());
     if state.metrics.has_pending() {
         state.set_tick(BUSY_TICK_MS);
     }

@@ -6,6 +6,7 @@
 
 use super::keys::{read_lease_at, release_lease, KeyStore};
 use super::metrics::Metrics;
+use crate::clock::Clock;
 use crate::config::{Config, KeySource, Provider};
 use crate::flow::{ListState, Revocations};
 use crate::remote::{Lease, Uri};
@@ -92,9 +93,15 @@ impl ListSlot {
     }
 
     fn usable(&self, now_ms: u64) -> Option<&Rc<StatusList>> {
+        self.usable_at(&Clock::exact(now_ms))
+    }
+
+    /// The list while it is fresh: judged without reading the clock unless it goes
+    /// stale within the clock's window.
+    fn usable_at(&self, clock: &Clock<'_>) -> Option<&Rc<StatusList>> {
         self.list
             .as_ref()
-            .filter(|list| list.is_fresh(now_ms / 1000))
+            .filter(|list| clock.judge(|now| list.is_fresh(now)))
     }
 
     fn read_shared(&self) -> Option<SharedList> {
@@ -518,7 +525,7 @@ pub struct HostRevocations<'a> {
     pub config: &'a Config,
     pub store: &'a RefCell<RevocationStore>,
     pub keys: &'a RefCell<KeyStore>,
-    pub now_ms: u64,
+    pub clock: &'a Clock<'a>,
     /// Set when a request asked for a fetch: the root should tick fast.
     pub asked: &'a Cell<bool>,
     /// This request may still wait for a list: it has not waited for one yet, and its
@@ -528,15 +535,16 @@ pub struct HostRevocations<'a> {
 
 impl Revocations for HostRevocations<'_> {
     fn status_list(&self, provider: usize, uri: &Rc<str>) -> ListState {
-        let now_ms = self.now_ms;
         let mut store = self.store.borrow_mut();
         let key = (provider, uri.clone());
         if let Some(slot) = store.lists.get_mut(&key) {
-            if let Some(list) = slot.usable(now_ms).cloned() {
-                slot.used_at_ms = now_ms;
+            if let Some(list) = slot.usable_at(self.clock).cloned() {
+                // For eviction only: a second's staleness doesn't matter.
+                slot.used_at_ms = self.clock.earliest_ms();
                 return ListState::Ready(list);
             }
         }
+        let now_ms = self.clock.now_ms();
         // Nothing usable here: another worker may have fetched it.
         if !store.lists.contains_key(&key) {
             let Some(slot) = new_slot(self.config, provider, uri) else {

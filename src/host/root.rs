@@ -59,6 +59,9 @@ pub struct VmState {
     pub logouts: RefCell<Vec<(u32, u64)>>,
     /// The tick period last asked for, so it is changed only when it must.
     pub tick_ms: Cell<u64>,
+    /// The host's clock as last read (by the tick, at least once a second, or by a
+    /// request that needed it), milliseconds since the epoch.
+    pub clock_ms: Cell<u64>,
 }
 
 impl VmState {
@@ -69,6 +72,10 @@ impl VmState {
         }
     }
 }
+
+/// How far the present can be past [`VmState::clock_ms`]: the idle tick's period, plus
+/// a margin for a tick that fires late on a busy worker.
+pub const CLOCK_LAG_MS: u64 = IDLE_TICK_MS + 2000;
 
 /// The host's clock in milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -87,6 +94,7 @@ impl Root {
     /// due, then wake the requests that can go on.
     fn drive(&self, state: &VmState) {
         let now = now_ms();
+        state.clock_ms.set(now);
         let changed = {
             let mut keys = state.keys.borrow_mut();
             keys.now_ms.set(now);
@@ -215,6 +223,7 @@ impl RootContext for Root {
                     waiters: RefCell::new(Vec::new()),
                     logouts: RefCell::new(Vec::new()),
                     tick_ms: Cell::new(0),
+                    clock_ms: Cell::new(now_ms()),
                 });
                 if remote {
                     // The first tick starts the first fetch (clusters are ready by then).

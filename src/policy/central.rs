@@ -7,6 +7,7 @@
 //! configuration names: no credential reaches the policy by accident, and the decision
 //! cache, keyed by the whole input, can hit on repeats.
 
+use crate::clock::Clock;
 use crate::remote::Uri;
 use crate::token::cache::Identity;
 use crate::token::extract::{percent_decode, Request};
@@ -328,9 +329,11 @@ impl DecisionCache {
     }
 
     /// The live decision for this input (`now` in seconds).
-    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Rc<Decision>> {
+    /// The decision kept for `key`, while it lasts (judged without reading the clock
+    /// unless it ends within the clock's window).
+    pub fn get(&mut self, key: &[u8; 32], clock: &Clock<'_>) -> Option<Rc<Decision>> {
         match self.entries.get(key) {
-            Some((until, decision)) if now < *until => Some(decision.clone()),
+            Some((until, decision)) if clock.judge(|now| now < *until) => Some(decision.clone()),
             Some(_) => {
                 self.entries.remove(key);
                 None
@@ -534,7 +537,7 @@ mod tests {
             cache.insert([i; 32], 110, decision.clone(), 100);
         }
         assert_eq!(cache.len(), 4);
-        assert!(cache.get(&[99; 32], 109).is_some());
-        assert!(cache.get(&[99; 32], 110).is_none());
+        assert!(cache.get(&[99; 32], &Clock::at_secs(109)).is_some());
+        assert!(cache.get(&[99; 32], &Clock::at_secs(110)).is_none());
     }
 }

@@ -5,6 +5,7 @@
 //! [`Explanation`] (the rules skipped, each condition's result, the identity) is read
 //! around that decision with the same matchers and conditions. CLI builds only.
 
+use crate::clock::Clock;
 use crate::config::{Config, KeySource};
 use crate::error::{AuthnError, Refusal};
 use crate::flow::{
@@ -163,9 +164,9 @@ pub fn place_token(config: &Config, mut request: Request, token: &str) -> Reques
         .unwrap_or_else(Source::default_bearer);
     match source {
         Source::Header { name, prefix } => {
-            request.headers.retain(|(n, _)| *n != name);
+            request.headers.retain(|(n, _)| **n != *name);
             let value = format!("{}{token}", prefix.unwrap_or_default());
-            request.headers.push((name, value));
+            request.headers.push((name.to_string(), value));
         }
         Source::Cookie(name) | Source::SessionCookie(name) => {
             let pair = format!("{name}={token}");
@@ -205,10 +206,11 @@ pub fn explain(
         revocations: &crate::flow::NoRevocations,
     };
     let mut caches = Caches::for_config(config);
-    let mut decision = flow::decide(config, services, &request, now, &mut caches, false);
+    let clock = Clock::at_secs(now);
+    let mut decision = flow::decide(config, services, &request, &clock, &mut caches, false);
     if matches!(decision.outcome, Outcome::Wait(_)) {
         // Nothing here is ever pending; as a request that waited once would be decided.
-        decision = flow::decide(config, services, &request, now, &mut caches, true);
+        decision = flow::decide(config, services, &request, &clock, &mut caches, true);
     }
 
     let path = if !config.reads.path {

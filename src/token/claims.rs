@@ -1,6 +1,7 @@
 //! Forwarding verified claims upstream as headers (the contract's encoding rules).
 
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// A dot-separated claim path such as `realm_access.roles`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +58,14 @@ impl Forward {
         &self,
         claims: &Map<String, Value>,
         payload_segment: &str,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(Rc<str>, Rc<str>)> {
         let mut headers = Vec::with_capacity(self.claims.len() + 1);
         if let Some(name) = &self.payload_header {
-            headers.push((name.clone(), payload_segment.to_owned()));
+            headers.push((name.as_str().into(), payload_segment.into()));
         }
         for (path, name) in &self.claims {
             if let Some(value) = path.lookup(claims).and_then(encode_claim) {
-                headers.push((name.clone(), value));
+                headers.push((name.as_str().into(), value.into()));
             }
         }
         headers
@@ -179,11 +180,8 @@ mod tests {
         assert_eq!(
             headers,
             vec![
-                (
-                    "x-jwt-payload".to_string(),
-                    "eyJzdWIiOiJhbGljZSJ9".to_string()
-                ),
-                ("x-user".to_string(), "alice".to_string())
+                ("x-jwt-payload".into(), "eyJzdWIiOiJhbGljZSJ9".into()),
+                ("x-user".into(), "alice".into())
             ]
         );
     }

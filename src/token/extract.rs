@@ -2,6 +2,7 @@
 //! upstream. Reads a [`Request`]; never mutates it: removals come back as [`HeaderEdit`]s.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 
 /// The parts of a request the core looks at. Header names are lowercase.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,9 +72,11 @@ impl Reads {
 
 /// A change to the request on its way upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Names and values are shared (a cached identity's headers, the configuration's
+/// names): a cached request's edits copy no strings.
 pub enum HeaderEdit {
-    Remove(String),
-    Set(String, String),
+    Remove(Rc<str>),
+    Set(Rc<str>, Rc<str>),
     /// A header for the response to the client (a central policy's
     /// `response_headers_to_add` on allow), added when the response passes.
     AddToResponse(String, String),
@@ -85,7 +88,7 @@ pub enum Source {
     /// A header, optionally with a scheme prefix such as `Bearer ` (matched
     /// case-insensitively, RFC 9110 §11.1). A header without the prefix is not a token.
     Header {
-        name: String,
+        name: Rc<str>,
         prefix: Option<String>,
     },
     Cookie(String),
@@ -98,7 +101,7 @@ pub enum Source {
 /// Where a token was found: enough to remove it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    Header(String),
+    Header(Rc<str>),
     Cookie(String),
     Query(String),
 }
@@ -192,7 +195,7 @@ impl Location {
                 if kept.is_empty() {
                     HeaderEdit::Remove("cookie".into())
                 } else {
-                    HeaderEdit::Set("cookie".into(), kept.join("; "))
+                    HeaderEdit::Set("cookie".into(), kept.join("; ").into())
                 }
             }
             Location::Query(name) => {
@@ -209,9 +212,9 @@ impl Location {
                     })
                     .collect();
                 if kept.is_empty() {
-                    HeaderEdit::Set(":path".into(), path.to_owned())
+                    HeaderEdit::Set(":path".into(), path.into())
                 } else {
-                    HeaderEdit::Set(":path".into(), format!("{path}?{}", kept.join("&")))
+                    HeaderEdit::Set(":path".into(), format!("{path}?{}", kept.join("&")).into())
                 }
             }
         }
