@@ -20,6 +20,8 @@ kept in bench/.work and reused while they have a day left):
   native            envoy.filters.http.jwt_authn, no jwt_cache_config, unique tokens
   native-cache      jwt_authn with jwt_cache_config, one token repeated
   tg-cached         tokengate, one token repeated (its cache answers)
+  tg-cached-keep    the same with forward.keep_token: no header edit at all (each edit of
+                    request headers by a Wasm filter clears Envoy's route cache)
   tg-cached-fwd     tokengate with a realistic provider: forward.claims `sub` -> x-user-id,
                     `scope` -> x-user-scope, `realm_access.roles` -> x-user-roles and
                     forward.payload_header x-jwt-payload; one token (carrying the roles)
