@@ -1717,30 +1717,19 @@ mod tests {
         let mut cache = cache(&config);
         let auth = bearer(&token("eddsa", &good_claims()));
         let req = request("/api", &[("authorization", &auth)]);
+        let mut decide_at = |now: u64| {
+            let clock = Clock::at_secs(now);
+            decide(&config, Services::local(), &req, &clock, &mut cache, false)
+        };
         assert_eq!(
-            decide(
-                &config,
-                Services::local(),
-                &req,
-                &Clock::at_secs(NOW),
-                &mut cache,
-                false
-            )
-            .counters,
+            decide_at(NOW).counters,
             vec![
                 Counter::CacheMiss,
                 Counter::Rule(2, RuleEvent::Allowed),
                 Counter::Allowed
             ]
         );
-        let again = decide(
-            &config,
-            Services::local(),
-            &req,
-            &Clock::at_secs(NOW + 1),
-            &mut cache,
-            false,
-        );
+        let again = decide_at(NOW + 1);
         assert_eq!(
             again.counters,
             vec![
@@ -1749,26 +1738,8 @@ mod tests {
                 Counter::Allowed
             ]
         );
-        assert_eq!(
-            again.outcome,
-            decide(
-                &config,
-                Services::local(),
-                &req,
-                &Clock::at_secs(NOW),
-                &mut cache,
-                false
-            )
-            .outcome
-        );
-        let later = decide(
-            &config,
-            Services::local(),
-            &req,
-            &Clock::at_secs(NOW + 600 + 60),
-            &mut cache,
-            false,
-        );
+        assert_eq!(again.outcome, decide_at(NOW).outcome);
+        let later = decide_at(NOW + 600 + 60);
         assert_eq!(
             refused_with(&later),
             Some(Refusal::Authn(AuthnError::Expired))
@@ -3729,26 +3700,22 @@ mod perf_probe {
                 headers: vec![("authorization".into(), auth.clone())],
             };
             let mut caches = Caches::for_config(&config);
-            let d = decide(
-                &config,
-                Services::local(),
-                &request,
-                &Clock::at_secs(NOW),
-                &mut caches,
-                false,
-            );
-            assert!(matches!(d.outcome, Outcome::Forward(_)), "{d:?}");
-            let label = if fwd { "fwd" } else { "plain" };
-            time(&format!("{label} decide"), 200_000, || {
-                let d = decide(
+            let clock = Clock::at_secs(NOW);
+            let mut cached = || {
+                decide(
                     &config,
                     Services::local(),
                     &request,
-                    &Clock::at_secs(NOW),
+                    &clock,
                     &mut caches,
                     false,
-                );
-                std::hint::black_box(d);
+                )
+            };
+            let d = cached();
+            assert!(matches!(d.outcome, Outcome::Forward(_)), "{d:?}");
+            let label = if fwd { "fwd" } else { "plain" };
+            time(&format!("{label} decide"), 200_000, || {
+                std::hint::black_box(cached());
             });
             time(&format!("{label} cache get"), 200_000, || {
                 std::hint::black_box(caches.tokens.get(0, &token));

@@ -9,15 +9,9 @@ pub fn public_jwks() -> serde_json::Value {
     let keys: Vec<serde_json::Value> = ["rs256", "ps256", "es256", "es384", "eddsa", "hs256"]
         .iter()
         .map(|name| {
-            let path = format!(
-                "{}/../tests/fixtures/keys/{name}.jwk",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            let jwk: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-            tokengate::crypto::sign::SigningKey::from_jwk(&jwk)
-                .unwrap()
-                .public_jwk()
+            let path = format!("{}/../tests/fixtures/keys/{name}.jwk", env!("CARGO_MANIFEST_DIR"));
+            let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            tokengate::crypto::sign::SigningKey::from_jwk(&jwk).unwrap().public_jwk()
         })
         .collect();
     serde_json::json!({ "keys": keys })
@@ -47,11 +41,7 @@ pub fn config() -> Config {
 
 /// A configuration with one exchange of this mode, through the `corp` provider.
 pub fn exchange_config(mode: &str) -> Config {
-    let uri = if mode == "session" {
-        "http://auth/sessions/{token}"
-    } else {
-        "http://auth/introspect"
-    };
+    let uri = if mode == "session" { "http://auth/sessions/{token}" } else { "http://auth/introspect" };
     let doc = serde_json::json!({
         "providers": { "corp": {
             "issuer": "https://idp.test/realms/demo",

@@ -27,22 +27,10 @@ fn run(config: &Config, data: &[u8]) {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.to_ascii_lowercase(), value.to_owned()))
         .collect();
-    let request = Request {
-        method,
-        path,
-        host: "fuzz".into(),
-        headers,
-    };
+    let request = Request { method, path, host: "fuzz".into(), headers };
     let mut caches = Caches::for_config(config);
     let clock = Clock::at_secs(common::NOW);
     for waited in [false, true] {
-        let _ = decide(
-            config,
-            Services::local(),
-            &request,
-            &clock,
-            &mut caches,
-            waited,
-        );
+        let _ = decide(config, Services::local(), &request, &clock, &mut caches, waited);
     }
 }

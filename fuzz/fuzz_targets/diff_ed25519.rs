@@ -221,11 +221,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let (message, signature) = (message.as_slice(), signature.as_slice());
-    let message = if key_mode == 0 && sig_mode % 16 == 15 {
-        input.0
-    } else {
-        message
-    };
+    let message = if key_mode == 0 && sig_mode % 16 == 15 { input.0 } else { message };
     let ours = ours(&key, message, signature);
     let theirs = oracle(&key, message, signature);
     assert_eq!(

@@ -13,10 +13,10 @@
 use libfuzzer_sys::fuzz_target;
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::elliptic_curve::ff::{Field, PrimeField};
 use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::DecompressPoint;
 use p256::elliptic_curve::subtle::Choice;
+use p256::elliptic_curve::ff::{Field, PrimeField};
 use p256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar};
 use sha2::Digest;
 use tokengate::crypto::alg::Alg;
@@ -103,12 +103,7 @@ fuzz_target!(|data: &[u8]| {
             let signature: Signature = signer.sign(&message);
             let bytes = signature.to_bytes();
             let (r, s) = bytes.split_at(32);
-            (
-                *signer.verifying_key(),
-                r.try_into().unwrap(),
-                s.try_into().unwrap(),
-                None,
-            )
+            (*signer.verifying_key(), r.try_into().unwrap(), s.try_into().unwrap(), None)
         }
         1 => {
             // Any SEC1 encoding: both parse it with p256, so most are refused by both.
@@ -132,8 +127,7 @@ fuzz_target!(|data: &[u8]| {
             let sign = Choice::from(input.byte() & 1);
             let Some((x, point)) = (start..start + 64).find_map(|j| {
                 let x = add_small(ORDER, j);
-                Option::<AffinePoint>::from(AffinePoint::decompress(&x.into(), sign))
-                    .map(|p| (x, p))
+                Option::<AffinePoint>::from(AffinePoint::decompress(&x.into(), sign)).map(|p| (x, p))
             }) else {
                 return;
             };
@@ -167,9 +161,7 @@ fuzz_target!(|data: &[u8]| {
         9 => r = add_small(ORDER, 1),
         10 => s = add_small(ORDER, 1),
         // High s: n - s, valid too (p256 does not normalize for P-256).
-        11 => {
-            s = repr(&-Option::<Scalar>::from(Scalar::from_repr(s.into())).unwrap_or(Scalar::ZERO))
-        }
+        11 => s = repr(&-Option::<Scalar>::from(Scalar::from_repr(s.into())).unwrap_or(Scalar::ZERO)),
         12 => {
             let (sum, overflow) = add(r, ORDER);
             if !overflow {
@@ -210,9 +202,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let signature = signature.unwrap_or_else(|| [r, s].concat());
 
-    let ours =
-        PublicKey::P256(P256Key::from_sec1_bytes(key.to_sec1_point(false).as_bytes()).unwrap())
-            .verify(Alg::ES256, &message, &signature);
+    let ours = PublicKey::P256(P256Key::from_sec1_bytes(key.to_sec1_point(false).as_bytes()).unwrap())
+        .verify(Alg::ES256, &message, &signature);
     let theirs = oracle(&key, &message, &signature);
     assert_eq!(
         ours,

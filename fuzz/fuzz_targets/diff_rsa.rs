@@ -21,14 +21,7 @@ use sha2::Digest;
 use tokengate::crypto::alg::{Alg, Hash};
 use tokengate::crypto::{PublicKey, RsaKey};
 
-const ALGS: [Alg; 6] = [
-    Alg::RS256,
-    Alg::RS384,
-    Alg::RS512,
-    Alg::PS256,
-    Alg::PS384,
-    Alg::PS512,
-];
+const ALGS: [Alg; 6] = [Alg::RS256, Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512];
 
 struct Pair {
     private: RsaPrivateKey,
@@ -48,21 +41,15 @@ fn pairs() -> &'static [Pair] {
         ]
         .into_iter()
         .map(|(path, bits)| {
-            let jwk: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
             let big = |member: &str| {
                 BigUint::from_bytes_be(
-                    &tokengate::crypto::b64::decode(jwk[member].as_str().unwrap().as_bytes())
-                        .unwrap(),
+                    &tokengate::crypto::b64::decode(jwk[member].as_str().unwrap().as_bytes()).unwrap(),
                 )
             };
-            let private = RsaPrivateKey::from_components(
-                big("n"),
-                big("e"),
-                big("d"),
-                vec![big("p"), big("q")],
-            )
-            .unwrap();
+            let private =
+                RsaPrivateKey::from_components(big("n"), big("e"), big("d"), vec![big("p"), big("q")])
+                    .unwrap();
             assert_eq!(private.n().bits(), bits);
             let ours = PublicKey::Rsa(
                 RsaKey::new(&private.n().to_bytes_be(), &private.e().to_bytes_be()).unwrap(),
@@ -194,11 +181,7 @@ fuzz_target!(|data: &[u8]| {
         }
         9 => {
             let sig = valid();
-            if input.byte() & 1 == 0 {
-                sig[1..].to_vec()
-            } else {
-                sig[..k - 1].to_vec()
-            }
+            if input.byte() & 1 == 0 { sig[1..].to_vec() } else { sig[..k - 1].to_vec() }
         }
         10 => {
             let mut sig = valid();
@@ -229,12 +212,7 @@ fuzz_target!(|data: &[u8]| {
             raw_sign(key, &em)
         }
         // Signed with another algorithm.
-        14 => sign(
-            key,
-            ALGS[usize::from(input.byte()) % ALGS.len()],
-            &message,
-            seed,
-        ),
+        14 => sign(key, ALGS[usize::from(input.byte()) % ALGS.len()], &message, seed),
         // The signature of another message (the rest of the input).
         _ => sign(key, alg, input.0, seed),
     };
@@ -248,11 +226,7 @@ fuzz_target!(|data: &[u8]| {
     // verify only checks its length and reduces s mod n, so s + n verifies there. Only
     // our refusal is checked.
     if is_pss(alg) && signature.len() == k && BigUint::from_bytes_be(&signature) >= *n {
-        assert!(
-            !ours,
-            "PSS signature not below the modulus accepted: {alg}, {} bits",
-            n.bits()
-        );
+        assert!(!ours, "PSS signature not below the modulus accepted: {alg}, {} bits", n.bits());
         return;
     }
 
@@ -267,11 +241,7 @@ fuzz_target!(|data: &[u8]| {
         && BigUint::from_bytes_be(&signature) < *n
         && public_op(key, &signature)[0] != 0
     {
-        assert!(
-            !ours,
-            "PSS with a nonzero byte above emLen accepted: {alg}, {} bits",
-            n.bits()
-        );
+        assert!(!ours, "PSS with a nonzero byte above emLen accepted: {alg}, {} bits", n.bits());
         return;
     }
 

@@ -29,13 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let status = fields.next().and_then(|s| s.trim().parse::<u32>().ok());
     let content_type = fields.next();
     let authorization = fields.next();
-    let answer = Answer {
-        status,
-        content_type,
-        authorization,
-        body,
-        body_size: body.len(),
-    };
+    let answer = Answer { status, content_type, authorization, body, body_size: body.len() };
     CONFIGS.with(|configs| {
         for config in configs {
             let exchange = &config.exchanges[0];

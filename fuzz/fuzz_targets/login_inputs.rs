@@ -75,14 +75,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = cookies::count_chunks([text.as_ref()], "tg_session");
     let _ = cookies::strip(&text, |name| cookies::is_login_cookie("tg_session", name));
     let keys = seal::CookieKeys::derive(b"0123456789abcdef0123456789abcdef");
-    let _ = seal::open(
-        &keys,
-        seal::Purpose::Session,
-        "tg_session.aux",
-        &text,
-        common::NOW,
-        16 * 1024,
-    );
+    let _ = seal::open(&keys, seal::Purpose::Session, "tg_session.aux", &text, common::NOW, 16 * 1024);
 
     // First line: the callback's query and extra cookies; the rest: the token endpoint's answer.
     let (head, body) = match data.iter().position(|b| *b == b'\n') {
@@ -93,20 +86,10 @@ fuzz_target!(|data: &[u8]| {
     let (query, extra_cookies) = head.split_once('|').unwrap_or((&head, ""));
     CONFIG.with(|config| {
         let login = FixedRandom(Cell::new(0));
-        let services = Services {
-            login: &login,
-            ..Services::local()
-        };
+        let services = Services { login: &login, ..Services::local() };
         let mut caches = Caches::for_config(config);
         // A real login start, so the callback can carry a login cookie that opens.
-        let start = decide(
-            config,
-            services,
-            &request("/orders", ""),
-            &Clock::at_secs(common::NOW),
-            &mut caches,
-            false,
-        );
+        let start = decide(config, services, &request("/orders", ""), &Clock::at_secs(common::NOW), &mut caches, false);
         let mut state_cookie = String::new();
         if let Outcome::Reply(reply) = &start.outcome {
             if let Some((_, set)) = reply.headers.iter().find(|(n, _)| n == "set-cookie") {
@@ -114,40 +97,14 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let cookie = format!("{state_cookie}; {extra_cookies}");
-        for path in [
-            format!("/oauth2/callback?{query}"),
-            "/oauth2/logout".to_owned(),
-            "/x".to_owned(),
-        ] {
+        for path in [format!("/oauth2/callback?{query}"), "/oauth2/logout".to_owned(), "/x".to_owned()] {
             let callback = request(&path, &cookie);
-            let decision = decide(
-                config,
-                services,
-                &callback,
-                &Clock::at_secs(common::NOW),
-                &mut caches,
-                false,
-            );
+            let decision = decide(config, services, &callback, &Clock::at_secs(common::NOW), &mut caches, false);
             if let Outcome::Call(call) = decision.outcome {
                 for status in [200, 400, 500] {
-                    let finish = finish_login(
-                        config,
-                        services,
-                        &call,
-                        &callback,
-                        status,
-                        body,
-                        common::NOW,
-                    );
+                    let finish = finish_login(config, services, &call, &callback, status, body, common::NOW);
                     if let LoginFinish::Retry { request, .. } = finish {
-                        let _ = decide(
-                            config,
-                            services,
-                            &request,
-                            &Clock::at_secs(common::NOW),
-                            &mut caches,
-                            true,
-                        );
+                        let _ = decide(config, services, &request, &Clock::at_secs(common::NOW), &mut caches, true);
                     }
                 }
             }

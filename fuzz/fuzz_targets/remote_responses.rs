@@ -5,9 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use tokengate::remote::{read_discovery, read_jwks, ttl_secs, Lease, SharedKeys, Uri};
 
 fuzz_target!(|data: &[u8]| {
-    let status = data
-        .first()
-        .map_or(200, |b| if b % 4 == 0 { 500 } else { 200 });
+    let status = data.first().map_or(200, |b| if b % 4 == 0 { 500 } else { 200 });
     let _ = read_jwks(status, data);
     let _ = read_discovery(status, data, "https://idp.test");
     let text = String::from_utf8_lossy(data);

@@ -60,29 +60,18 @@ fuzz_target!(|data: &[u8]| {
             keys,
             clock_skew_secs: 60,
         };
-        let check = ListCheck {
-            uri: "https://idp.test/lists/1",
-            signer,
-            policy: &policy,
-        };
+        let check = ListCheck { uri: "https://idp.test/lists/1", signer, policy: &policy };
         if let Ok(list) = verify_list_token(text.trim(), &check, common::NOW) {
             lookups(&list, data);
         }
-        let check = LogoutCheck {
-            signer,
-            client_id: "gateway",
-        };
+        let check = LogoutCheck { signer, client_id: "gateway" };
         if let Ok(logout) = logout::verify(text.trim(), &check, common::NOW) {
             let mut denylist = Denylist::default();
             let _ = denylist.record(&logout, common::NOW, 3600, 60);
         }
     });
     if let Some(denylist) = Denylist::decode(data) {
-        let subject = Subject {
-            sub: Some(text.to_string()),
-            sid: None,
-            iat: Some(0),
-        };
+        let subject = Subject { sub: Some(text.to_string()), sid: None, iat: Some(0) };
         let _ = denylist.revokes(&subject, common::NOW);
         let _ = denylist.encode();
     }

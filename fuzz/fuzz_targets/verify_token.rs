@@ -16,12 +16,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn run(config: &Config, data: &[u8]) {
-    let Some(provider) = config.providers.first() else {
-        return;
-    };
-    let KeySource::Inline(keys) = &provider.keys else {
-        return;
-    };
+    let Some(provider) = config.providers.first() else { return };
+    let KeySource::Inline(keys) = &provider.keys else { return };
     let token = String::from_utf8_lossy(data);
     let _ = tokengate::token::jwt::verify(&token, &provider.policy, keys, common::NOW);
     let _ = tokengate::token::jwt::looks_like_jwt(&token);
