@@ -3264,14 +3264,12 @@ mod login_tests {
         assert!(set_cookies.iter().any(|c| c.starts_with("tg_session.aux=")));
         assert!(retried.header("cookie").unwrap().contains(&fresh));
         let mut caches = Caches::for_config(&config);
-        let again = decide(
-            &config,
-            services,
-            &retried,
-            &Clock::at_secs(NOW),
-            &mut caches,
-            true,
-        );
+        // Decided again after the refresh step, as the host does: waited.
+        let mut decide_again = |request: &Request| {
+            let clock = Clock::at_secs(NOW);
+            decide(&config, services, request, &clock, &mut caches, true)
+        };
+        let again = decide_again(&retried);
         assert!(
             matches!(again.outcome, Outcome::Forward(_)),
             "{:?}",
@@ -3289,14 +3287,7 @@ mod login_tests {
             NOW,
         );
         assert!(matches!(refused, LoginFinish::Unrefreshed(_)));
-        let again = decide(
-            &config,
-            services,
-            &page,
-            &Clock::at_secs(NOW),
-            &mut caches,
-            true,
-        );
+        let again = decide_again(&page);
         assert!(
             matches!(again.outcome, Outcome::Forward(_)),
             "{:?}",
